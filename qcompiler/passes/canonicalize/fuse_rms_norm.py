@@ -1,7 +1,7 @@
 """Fuse decomposed RMSNorm subgraphs into one ``RMSNormalization`` op (opset 23).
 
 Matches (onnxscript's rules): [Cast] → Pow(x, 2) → ReduceMean(-1) → Add(ε) → Sqrt → Reciprocal →
-Mul(x, ·) [→ Cast] → Mul(γ) in either operand order; the LLaMA-family export (SmolLM2) writes
+Mul(x, ·) [→ Cast] → Mul(γ) with γ on either side; the LLaMA-family export (SmolLM2) writes
 RMSNorm this way.
 Math: y = γ ⊙ x / √(mean(x²) + ε) over the last axis = RMSNormalization-23, axis = −1.
 Semantics: EXACT (float rounding only).
@@ -24,4 +24,4 @@ class FuseRmsNorm(RuleBasedFusion):
     min_opset = 23
 
     def rules(self) -> pattern.RewriteRuleSet:
-        return pattern.RewriteRuleSet(rms_normalization_rules, commute=True)
+        return pattern.RewriteRuleSet(rms_normalization_rules)
