@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import onnx_ir as ir
 import typer
 from rich.console import Console
+from typer.exceptions import TyperException
 
 from qcompiler.errors import QCompilerError
 
@@ -132,20 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="qcompiler", standalone_mode=False)
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.Abort:
+    except typer.Exit as exit_:
+        return int(exit_.exit_code)
+    except typer.Abort:
         stderr.print("qcompiler: aborted")
         return 130
+    except TyperException as error:  # bad arguments: click's usage errors, exit code 2
+        _print_error(error.format_message())
+        return error.exit_code
     except QCompilerError as error:
         if _options["debug"]:
             raise
-        stderr.print(f"qcompiler: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        _print_error(str(error))
         return 2
     return 0
+
+
+def _print_error(message: str) -> None:
+    stderr.print(f"qcompiler: error: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

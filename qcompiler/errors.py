@@ -27,3 +27,9 @@ class UnknownExampleError(QCompilerError):
 
 class MissingDependencyError(QCompilerError):
     """An optional package that this feature needs is not installed."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from qcompiler.errors import ModelLoadError
+from qcompiler.errors import ModelLoadError, first_line
 
 
 def load_onnx(
@@ -40,7 +40,7 @@ def load_onnx(
     except (DecodeError, RuntimeError, ValueError) as error:
         raise ModelLoadError(
             f"{path}: not a readable ONNX model, the file is truncated or not ONNX "
-            f"({_first_line(error)})"
+            f"({first_line(error)})"
         ) from error
     _check_graph(model, str(path))
     _check_external_data(model, path.parent, str(path))
@@ -51,7 +51,7 @@ def _from_proto(proto: onnx.ModelProto, label: str) -> ir.Model:
     try:
         model = ir.from_proto(proto)
     except Exception as error:
-        raise ModelLoadError(f"{label}: not a valid ONNX model ({_first_line(error)})") from error
+        raise ModelLoadError(f"{label}: not a valid ONNX model ({first_line(error)})") from error
     _check_graph(model, label)
     return model
 
@@ -84,8 +84,3 @@ def _check_external_data(model: ir.Model, base_dir: Path, label: str) -> None:
                 f"{label}: external data file '{tensor.location}' is shorter than initializer "
                 f"'{value.name}' needs ({location.stat().st_size} < {end} bytes); it is truncated"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import QCompilerError, first_line
 
 EXACT_TOLERANCE = 1e-5
 """Normwise relative error ‖a − b‖ / ‖b‖ an EXACT pass may introduce (float32 rounding)."""
@@ -284,7 +284,7 @@ class PassManager(ir.passes.InPlacePass):
         except QCompilerError:
             raise
         except Exception as error:
-            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            message = f"{type(error).__name__}: {first_line(error)}"
             raise PassFailure(pass_.name, history, message, None) from error
         seconds = time.perf_counter() - start
         if result.modified:

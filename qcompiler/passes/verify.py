@@ -16,6 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from qcompiler.backends.ort.session import run_model
+from qcompiler.errors import QCompilerError, first_line
 from qcompiler.passes.manager import Pass, PassFailure
 
 SYMBOLIC_DIM_SIZE = 2
@@ -72,16 +73,30 @@ class ContractReference:
 
     @classmethod
     def start(cls, model: ir.Model, feeds: Mapping[str, np.ndarray] | None) -> ContractReference:
+        """Check the input model and run it once, so no pass is blamed for what it inherited."""
+        try:
+            check_model(model)
+        except onnx.checker.ValidationError as error:
+            raise QCompilerError(
+                f"the input model fails the ONNX checker before any pass ran: {first_line(error)}"
+            ) from error
         batch = dict(feeds) if feeds is not None else verification_feeds(model)
-        return cls(batch, run_model(model, batch, optimize=False))
+        try:
+            outputs = run_model(model, batch, optimize=False)
+        except Exception as error:
+            raise QCompilerError(
+                f"verification needs ONNX Runtime to run the input model, and it cannot: "
+                f"{first_line(error)}"
+            ) from error
+        return cls(batch, outputs)
 
     def check(self, pass_: Pass, model: ir.Model, history: Sequence[str]) -> dict[str, float]:
         """Check the changed model; raise PassFailure on a checker error or a broken contract."""
         try:
             check_model(model)
         except onnx.checker.ValidationError as error:
-            first = str(error).strip().splitlines()[0]
-            raise PassFailure(pass_.name, history, f"ONNX checker: {first}", None) from error
+            message = f"ONNX checker: {first_line(error)}"
+            raise PassFailure(pass_.name, history, message, None) from error
         outputs = run_model(model, self.feeds, optimize=False)
         errors = {name: normwise_error(outputs[name], ref) for name, ref in self.outputs.items()}
         bound = pass_.contract_bound()
