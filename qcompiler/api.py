@@ -72,4 +72,4 @@ def canonicalize(
         verify_feeds=verify_feeds,
         instruments=instruments,
     )
-    return manager(model)
+    return manager.run(model)

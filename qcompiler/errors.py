@@ -8,6 +8,8 @@ exits with code 2; anything else is a bug in qcompiler and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class QCompilerError(Exception):
     """A problem with the user's input, reported as one line."""
@@ -29,7 +31,19 @@ class MissingDependencyError(QCompilerError):
     """An optional package that this feature needs is not installed."""
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+MAX_REASON_CHARS = 240
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The first non-empty line of an exception's message, without colour codes, kept short.
+
+    Used to quote a library's error inside qcompiler's one-line messages; the type name stands
+    in when the message is empty.
+    """
+    text = ANSI_ESCAPE.sub("", str(error))
+    line = next((" ".join(part.split()) for part in text.splitlines() if part.strip()), "")
+    line = line.rstrip(" .") or type(error).__name__
+    if len(line) > MAX_REASON_CHARS:
+        line = line[: MAX_REASON_CHARS - 1] + "…"
+    return line

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import onnx_ir as ir
@@ -253,6 +253,10 @@ class PassManager(ir.passes.InPlacePass):
         self.verify_feeds = verify_feeds
         self.instruments = list(instruments)
         self.analyses = AnalysisManager()
+
+    def run(self, model: ir.Model) -> PipelineResult:
+        """Run the pipeline (pre/postconditions included) and return its typed result."""
+        return cast(PipelineResult, self(model))
 
     def call(self, model: ir.Model) -> PipelineResult:
         from qcompiler.passes import verify

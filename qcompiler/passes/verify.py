@@ -44,18 +44,19 @@ def verification_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for value in model.graph.inputs:
-        if value.const_value is not None or value.name in model.graph.initializers:
+        name = value.name
+        if name is None or value.const_value is not None or name in model.graph.initializers:
             continue
         shape = tuple(d if isinstance(d, int) else SYMBOLIC_DIM_SIZE for d in (value.shape or ()))
         if value.dtype is None:
-            raise ValueError(f"graph input '{value.name}' has no element type")
+            raise ValueError(f"graph input '{name}' has no element type")
         dtype = value.dtype.numpy()
         if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
-            feeds[value.name] = np.ones(shape, dtype=dtype)
+            feeds[name] = np.ones(shape, dtype=dtype)
         else:
-            feeds[value.name] = np.ones(shape, dtype=dtype)
+            feeds[name] = np.ones(shape, dtype=dtype)
     return feeds
 
 
@@ -101,13 +102,13 @@ class ContractReference:
         errors = {name: normwise_error(outputs[name], ref) for name, ref in self.outputs.items()}
         bound = pass_.contract_bound()
         if bound is not None:
-            for name, error in errors.items():
-                if not error <= bound:
+            for name, deviation in errors.items():
+                if not deviation <= bound:
                     raise PassFailure(
                         pass_.name,
                         history,
                         f"{pass_.semantics.value} contract broken on output '{name}': "
-                        f"normwise error {error:.3g} > {bound:.3g}",
+                        f"normwise error {deviation:.3g} > {bound:.3g}",
                         None,
                     )
         self.outputs = outputs

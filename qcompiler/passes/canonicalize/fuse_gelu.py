@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import MatchResult, pattern
 
 from qcompiler.ir.graph import is_scalar_close
 from qcompiler.passes.manager import Semantics
@@ -48,10 +48,10 @@ class ErfGeluFusion(pattern.RewriteRuleClassBase):
             return op.Mul(op.Mul(x, half), h)
         return op.Mul(x, op.Mul(h, half))
 
-    def check(
+    def check(  # type: ignore[override]  # onnxscript binds pattern variables by name
         self, context: Any, x: ir.Value, scale: ir.Value, one: ir.Value, half: ir.Value, **_: Any
-    ) -> pattern.MatchResult:
-        result = pattern.MatchResult()
+    ) -> MatchResult:
+        result = MatchResult()
         if x.dtype not in FLOAT_TYPES:
             return result.fail("input is not a float type", x)
         expected_scale = math.sqrt(2.0) if self._divide else 1.0 / math.sqrt(2.0)
