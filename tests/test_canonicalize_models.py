@@ -11,6 +11,7 @@ import onnx_ir as ir
 from qcompiler.api import canonicalize
 from qcompiler.frontends.onnx import load_onnx
 from qcompiler.ir.graph import onnx_opset, op_histogram
+from qcompiler.ir.provenance import module_name
 from qcompiler.passes.manager import EXACT_TOLERANCE
 from qcompiler.passes.verify import normwise_error
 from tests.graphs import outputs, snapshot
@@ -36,6 +37,11 @@ def test_dinov2_fuses_every_layer_norm_and_gelu_within_the_exact_contract(
     assert result.records[0].notes == ["opset 14 → 21"]
     counters = result.counters()
     assert counters["LayerNormalization_fused"] == 25 and counters["Gelu_fused"] == 12
+    fused_modules = {
+        module_name(n) for n in model.graph if n.op_type in ("LayerNormalization", "Gelu")
+    }
+    assert {"backbone.encoder.layer.11.norm2", "backbone.layernorm"} <= fused_modules
+    assert "backbone.encoder.layer.0.mlp.activation" in fused_modules
     # every pass stayed within its contract (checked by verify_each); end to end observed 6e-8
     error = normwise_error(outputs(model, image_batch())[0], before[0])
     assert error <= EXACT_TOLERANCE

@@ -49,3 +49,9 @@ def is_scalar_close(value: ir.Value | None, target: float, rtol: float = 1e-6) -
     return (
         array is not None and array.size == 1 and bool(np.isclose(array.item(), target, rtol=rtol))
     )
+
+
+def int_attribute(node: ir.Node, name: str, default: int) -> int:
+    """An integer attribute's value, or ``default`` when the node omits it."""
+    attribute = node.attributes.get(name)
+    return default if attribute is None else int(attribute.as_int())

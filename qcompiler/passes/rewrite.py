@@ -16,7 +16,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 
-from qcompiler.ir.graph import all_nodes, onnx_opset
+from qcompiler.ir.graph import ONNX_DOMAINS, all_nodes, onnx_opset
 from qcompiler.passes.manager import Pass
 
 
@@ -38,21 +38,20 @@ class RuleBasedFusion(Pass):
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        before = self._fused_count(model)
+        existing = {id(node) for node in self._fused_nodes(model)}
         rules = self.rules()
         rules.apply_to_model(model)
-        fused = self._fused_count(model) - before
+        fused = [node for node in self._fused_nodes(model) if id(node) not in existing]
         if fused:
-            self.log.count(f"{self.fused_op}_fused", fused)
+            self.log.count(f"{self.fused_op}_fused", len(fused))
+            name_after_site(fused, self.fused_op, model)
         self._log_near_misses(model, rules)
-        return ir.passes.PassResult(model, modified=fused > 0)
+        return ir.passes.PassResult(model, modified=bool(fused))
 
-    def _fused_count(self, model: ir.Model) -> int:
-        return sum(
-            1
-            for n in all_nodes(model)
-            if n.op_type == self.fused_op and n.domain in ("", "ai.onnx")
-        )
+    def _fused_nodes(self, model: ir.Model) -> list[ir.Node]:
+        return [
+            n for n in all_nodes(model) if n.op_type == self.fused_op and n.domain in ONNX_DOMAINS
+        ]
 
     def _log_near_misses(self, model: ir.Model, rules: pattern.RewriteRuleSet) -> None:
         tracer = MatchingTracer()
@@ -63,3 +62,22 @@ class RuleBasedFusion(Pass):
                     continue
                 reason = info.match_result.reason or "pattern did not match"
                 self.log.skip(info.root_node, f"{rule.name}: {reason}")
+
+
+def name_after_site(nodes: list[ir.Node], op_type: str, model: ir.Model) -> None:
+    """Name fused nodes from their site, deterministically.
+
+    onnxscript names a new node ``node_<Op>_<n>`` and merges the replaced nodes' metadata into
+    it, which keeps torch module names for dynamo exports. Exporters that encode the module path
+    in node names instead (TorchScript: ``/backbone/encoder/layer.0/norm1/Add_1``) leave their
+    path on the output value; the fused node takes that path: ``.../norm1/LayerNormalization``.
+    """
+    taken = {node.name for node in all_nodes(model)}
+    for node in nodes:
+        output = node.outputs[0].name or ""
+        if "/" not in output:
+            continue
+        name = f"{output.rsplit('/', 1)[0]}/{op_type}"
+        if name not in taken:
+            node.name = name
+            taken.add(name)
