@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from qcompiler.ir.graph import onnx_opset
 from qcompiler.passes.canonicalize import UpgradeOpset
-from qcompiler.passes.manager import EXACT_TOLERANCE, PassManager
+from qcompiler.passes.manager import EXACT_TOLERANCE, PassFailure, PassManager
 from tests.graphs import build, max_normwise_error, outputs, snapshot
 
 OPSET_14 = """
@@ -48,3 +49,25 @@ def test_never_downgrades_and_is_idempotent() -> None:
     picture = snapshot(model)
     assert UpgradeOpset(21)(model).modified is False
     assert snapshot(model) == picture
+
+
+SCAN_8 = """
+<ir_version: 4, opset_import: ["" : 8]>
+g (float[1, 2] initial, float[1, 3, 2] xs) => (float[1, 2] total, float[1, 3, 2] partial) {
+    total, partial = Scan <num_scan_inputs = 1, body = step (float[2] state, float[2] x)
+                                                  => (float[2] next, float[2] out) {
+        next = Add(state, x)
+        out = Identity(next)
+    }> ("", initial, xs)
+}
+"""
+
+
+def test_scan_8_is_refused_with_the_node_and_the_remedy() -> None:
+    model = build(SCAN_8)
+    with pytest.raises(PassFailure) as failure:
+        PassManager([UpgradeOpset(21)])(model)
+    assert failure.value.pass_name == "upgrade-opset"
+    assert failure.value.node is not None
+    assert "re-export the model at opset ≥ 9" in str(failure.value)
+    assert onnx_opset(model) == 8

@@ -127,6 +127,38 @@ g (float[N, 4] x) => (float[N, 4] y) { y = Identity(x) }
     assert snapshot(passthrough) == picture
 
 
+def test_identity_copying_another_output_of_the_same_graph_is_kept() -> None:
+    model = build("""
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 4] x) => (float[N, 4] state, float[N, 4] scanned) {
+    state = Neg(x)
+    scanned = Identity(state)
+}
+""")
+    picture = snapshot(model)
+    eliminate = EliminateIdentities()
+    assert eliminate(model).modified is False
+    assert snapshot(model) == picture
+    assert [s.reason for s in eliminate.log.skips] == [
+        "graph output copies another output of the same graph"
+    ]
+
+
+def test_identity_feeding_a_graph_output_hands_over_the_output_name() -> None:
+    model = build("""
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 4] x) => (float[N, 4] y) {
+    h = Neg(x)
+    y = Identity(h)
+}
+""")
+    before = outputs(model, FEEDS)
+    assert EliminateIdentities()(model).modified
+    assert op_types(model) == ["Neg"]
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    assert max_normwise_error(before, outputs(model, FEEDS)) == 0.0
+
+
 def test_dead_code_removes_what_reaches_no_output() -> None:
     model = build(CONSTANT_WEIGHT)
     dce = EliminateDeadCode()
@@ -165,3 +197,35 @@ def test_custom_domain_nodes_survive_every_clean_up(pass_type: type[Pass]) -> No
     model = build(DEFAULTS_OMITTED)
     pass_type()(model)
     assert "Frobnicate" in op_types(model)
+
+
+def test_fold_constants_keeps_castlike_saturate_0_that_onnxscript_would_drop() -> None:
+    model = build("""
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[3] x) => (float[3] z) <float8e4m3fn[1] like = {0}> {
+    y = CastLike <saturate = 0> (x, like)
+    z = Cast <to = 1> (y)
+}
+""")
+    fold = FoldConstants()
+    fold(model)
+    castlike = model.graph.node(0)
+    assert (castlike.op_type, castlike.domain) == ("CastLike", "")
+    assert castlike.attributes["saturate"].as_int() == 0
+    assert [s.reason.split(":")[0] for s in fold.log.skips] == ["CastLike with saturate=0"]
+    # 1000 is beyond float8e4m3fn's range (max 448): NaN without saturation, not 448
+    (z,) = outputs(model, {"x": np.array([1.0, 1000.0, -2.0], np.float32)})
+    assert z[0] == 1.0 and np.isnan(z[1]) and z[2] == -2.0
+
+
+def test_fold_constants_leaves_split_to_sequence_with_a_computed_split() -> None:
+    model = build("""
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[6, 2] x, int64 split) => (seq(float) y) {
+    y = SplitToSequence <axis = 0> (x, split)
+}
+""")
+    fold = FoldConstants()
+    assert fold(model).modified is False
+    assert op_types(model) == ["SplitToSequence"] and model.graph.node(0).domain == ""
+    assert "SplitToSequence with a computed split" in fold.log.skips[0].reason
