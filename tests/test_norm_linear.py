@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from qcompiler.api import canonicalize
 from qcompiler.frontends.onnx import load_onnx
 from qcompiler.passes.analyses import (
-    LinearConsumer,
+    LinearLayer,
     NormLinearGroups,
     NormSite,
     OtherConsumer,
@@ -49,9 +49,9 @@ def only_site(model: ir.Model) -> NormSite:
     return site
 
 
-def matmul(node: str, weight: str, output: str, bias: str | None = None) -> LinearConsumer:
+def matmul(node: str, weight: str, output: str, bias: str | None = None) -> LinearLayer:
     """The expected record of ``MatMul(y, weight)`` [+ an Add ``<node>_add`` with ``bias``]."""
-    return LinearConsumer(
+    return LinearLayer(
         node=node,
         op_type="MatMul",
         weight=weight,
@@ -61,6 +61,7 @@ def matmul(node: str, weight: str, output: str, bias: str | None = None) -> Line
         bias=bias,
         bias_node=f"{node}_add" if bias else None,
         bias_shared=False,
+        activation="y",
         output=output,
     )
 
@@ -231,7 +232,7 @@ def test_gemm_with_trans_b_records_out_in_layout_and_c_as_bias() -> None:
 
     assert site.kind == "pre-norm"
     assert site.linear == (
-        LinearConsumer(
+        LinearLayer(
             node="gemm",
             op_type="Gemm",
             weight="w",
@@ -241,6 +242,7 @@ def test_gemm_with_trans_b_records_out_in_layout_and_c_as_bias() -> None:
             bias="c",
             bias_node=None,
             bias_shared=False,
+            activation="y",
             output="o",
         ),
     )

@@ -1,7 +1,7 @@
 """Analyses: facts about a model that passes request and the analysis manager caches."""
 
+from qcompiler.passes.analyses.linear import LinearLayer, LinearLayers, match_linear
 from qcompiler.passes.analyses.norm_linear import (
-    LinearConsumer,
     NormLinearGroups,
     NormSite,
     NormSites,
@@ -10,10 +10,12 @@ from qcompiler.passes.analyses.norm_linear import (
 )
 
 __all__ = [
-    "LinearConsumer",
+    "LinearLayer",
+    "LinearLayers",
     "NormLinearGroups",
     "NormSite",
     "NormSites",
     "OtherConsumer",
     "find_norm_sites",
+    "match_linear",
 ]

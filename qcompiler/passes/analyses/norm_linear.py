@@ -39,49 +39,16 @@ import onnx_ir as ir
 
 from qcompiler.ir.graph import ONNX_DOMAINS, all_nodes, int_attribute
 from qcompiler.ir.provenance import module_name
+from qcompiler.passes.analyses.linear import LinearLayer, constant_shape, is_shared, match_linear
 from qcompiler.passes.manager import Analysis, AnalysisManager
 
 NORM_OPS = ("LayerNormalization", "RMSNormalization")
 
 SiteKind = Literal["pre-norm", "post-norm/residual", "no-linear"]
 SITE_KINDS: tuple[SiteKind, ...] = ("pre-norm", "post-norm/residual", "no-linear")
-WeightLayout = Literal["[in,out]", "[out,in]"]
 ConsumerRole = Literal["residual", "graph-output", "shape-only", "other"]
 SHAPE_ONLY_OPS = ("Shape", "Size")
 """Readers that see only the shape of the norm output, which a fold leaves unchanged."""
-
-
-@dataclass(frozen=True)
-class LinearConsumer:
-    """A MatMul or Gemm that reads the norm output as its activation input A."""
-
-    node: str
-    op_type: Literal["MatMul", "Gemm"]
-    weight: str
-    weight_shape: tuple[int, int]
-    layout: WeightLayout
-    weight_shared: bool
-    bias: str | None
-    """The constant bias: Gemm's C, or the b of the Add after a MatMul."""
-    bias_node: str | None
-    """The Add that applies a MatMul's bias (None for Gemm and for a MatMul without bias)."""
-    bias_shared: bool
-    output: str
-    """The value holding y·W + b: the bias Add's output, else the consumer's own output."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "op_type": self.op_type,
-            "weight": self.weight,
-            "weight_shape": list(self.weight_shape),
-            "layout": self.layout,
-            "weight_shared": self.weight_shared,
-            "bias": self.bias,
-            "bias_node": self.bias_node,
-            "bias_shared": self.bias_shared,
-            "output": self.output,
-        }
 
 
 @dataclass(frozen=True)
@@ -116,7 +83,7 @@ class NormSite:
     params_shared: bool
     """γ or β is read by something besides this norm: folding into it would change that too."""
     module: str | None
-    linear: tuple[LinearConsumer, ...]
+    linear: tuple[LinearLayer, ...]
     other: tuple[OtherConsumer, ...]
 
     @property
@@ -186,11 +153,11 @@ def _is_norm(node: ir.Node) -> bool:
 
 def _site(norm: ir.Node, order: dict[int, int]) -> NormSite:
     output = norm.outputs[0]
-    linear: list[LinearConsumer] = []
+    linear: list[LinearLayer] = []
     other: list[OtherConsumer] = []
     for consumer in sorted(_distinct_consumers(output), key=lambda n: order[id(n)]):
         match = _linear_consumer(consumer, output)
-        if isinstance(match, LinearConsumer):
+        if isinstance(match, LinearLayer):
             linear.append(match)
         else:
             other.append(OtherConsumer(consumer.name, consumer.op_type, *match))
@@ -203,7 +170,7 @@ def _site(norm: ir.Node, order: dict[int, int]) -> NormSite:
         axis=int_attribute(norm, "axis", -1),
         scale=_input_name(norm, 1),
         bias=_input_name(norm, 2),
-        params_shared=any(_is_shared(v, norm) for v in norm.inputs[1:] if v is not None),
+        params_shared=any(is_shared(v, norm) for v in norm.inputs[1:] if v is not None),
         module=module_name(norm),
         linear=tuple(linear),
         other=tuple(other),
@@ -215,14 +182,15 @@ def _distinct_consumers(value: ir.Value) -> list[ir.Node]:
     return list({id(node): node for node in value.consumers()}.values())
 
 
-def _linear_consumer(node: ir.Node, y: ir.Value) -> LinearConsumer | tuple[ConsumerRole, str]:
+def _linear_consumer(node: ir.Node, y: ir.Value) -> LinearLayer | tuple[ConsumerRole, str]:
     """The node as a foldable linear consumer of ``y``, or (role, reason) why it is not."""
     if node.domain not in ONNX_DOMAINS:
         return "other", f"{node.domain}::{node.op_type} reads the norm output"
-    if node.op_type == "MatMul":
-        return _matmul_consumer(node, y)
-    if node.op_type == "Gemm":
-        return _gemm_consumer(node, y)
+    if node.op_type in ("MatMul", "Gemm"):
+        if node.inputs[0] is not y:
+            return "other", f"{node.op_type} reads the norm output as input B"
+        layer = match_linear(node)
+        return layer if isinstance(layer, LinearLayer) else ("other", f"{node.op_type} {layer}")
     if node.op_type == "Add" and _is_residual_add(node, y):
         return "residual", "residual Add"
     if node.op_type in SHAPE_ONLY_OPS:
@@ -230,109 +198,12 @@ def _linear_consumer(node: ir.Node, y: ir.Value) -> LinearConsumer | tuple[Consu
     return "other", f"{node.op_type} reads the norm output"
 
 
-def _matmul_consumer(node: ir.Node, y: ir.Value) -> LinearConsumer | tuple[ConsumerRole, str]:
-    reason = _weight_problem(node, y)
-    if reason:
-        return "other", f"MatMul {reason}"
-    weight = node.inputs[1]
-    assert weight is not None
-    shape = _constant_shape(weight)
-    assert shape is not None and len(shape) == 2
-    bias_add, bias = _bias_add(node.outputs[0], shape[1]) or (None, None)
-    return LinearConsumer(
-        node=node.name or "",
-        op_type="MatMul",
-        weight=weight.name or "",
-        weight_shape=(shape[0], shape[1]),
-        layout="[in,out]",
-        weight_shared=_is_shared(weight, node),
-        bias=bias.name if bias is not None else None,
-        bias_node=bias_add.name if bias_add is not None else None,
-        bias_shared=bias_add is not None and bias is not None and _is_shared(bias, bias_add),
-        output=(bias_add or node).outputs[0].name or "",
-    )
-
-
-def _gemm_consumer(node: ir.Node, y: ir.Value) -> LinearConsumer | tuple[ConsumerRole, str]:
-    reason = _weight_problem(node, y)
-    if not reason and int_attribute(node, "transA", 0) != 0:
-        reason = "has transA=1"
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if not reason and bias is not None and _constant_shape(bias) is None:
-        reason = "has a non-constant C"
-    if reason:
-        return "other", f"Gemm {reason}"
-    weight = node.inputs[1]
-    shape = _constant_shape(weight)
-    assert weight is not None and shape is not None and len(shape) == 2
-    transposed = int_attribute(node, "transB", 0) != 0
-    return LinearConsumer(
-        node=node.name or "",
-        op_type="Gemm",
-        weight=weight.name or "",
-        weight_shape=(shape[0], shape[1]),
-        layout="[out,in]" if transposed else "[in,out]",
-        weight_shared=_is_shared(weight, node),
-        bias=bias.name if bias is not None else None,
-        bias_node=None,
-        bias_shared=bias is not None and _is_shared(bias, node),
-        output=node.outputs[0].name or "",
-    )
-
-
-def _weight_problem(node: ir.Node, y: ir.Value) -> str:
-    """Why ``node`` (MatMul/Gemm) is not ``linear(y, constant 2-D W)``; '' when it is."""
-    if node.inputs[0] is not y:
-        return "reads the norm output as input B"
-    shape = _constant_shape(node.inputs[1])
-    if shape is None:
-        return "has a non-constant weight"
-    if len(shape) != 2:
-        return f"weight is not 2-D (shape {list(shape)})"
-    return ""
-
-
-def _bias_add(output: ir.Value, out_features: int) -> tuple[ir.Node, ir.Value] | None:
-    """The Add applying a constant per-output bias to a MatMul ``output``, with its bias."""
-    consumers = output.consumers()
-    if output.is_graph_output() or len(consumers) != 1:
-        return None
-    add = consumers[0]
-    if add.op_type != "Add" or add.domain not in ONNX_DOMAINS or len(add.inputs) != 2:
-        return None
-    bias = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
-    shape = _constant_shape(bias)
-    if bias is None or shape is None or not _is_per_output(shape, out_features):
-        return None
-    return add, bias
-
-
-def _is_per_output(shape: tuple[int, ...], out_features: int) -> bool:
-    """Whether a bias of ``shape`` holds one value per output feature (``[out]``, ``[1,1,out]``)."""
-    return bool(shape) and shape[-1] == out_features and all(d == 1 for d in shape[:-1])
-
-
 def _is_residual_add(add: ir.Node, y: ir.Value) -> bool:
     """An Add of ``y`` and another activation (not a constant, not ``y`` itself)."""
     if len(add.inputs) != 2:
         return False
     other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    return other is not None and other is not y and _constant_shape(other) is None
-
-
-def _constant_shape(value: ir.Value | None) -> tuple[int, ...] | None:
-    """The shape of ``value`` if it is an initializer that is not a graph input, else None.
-
-    Reads only the tensor's shape, so external data stays on disk.
-    """
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return tuple(value.const_value.shape.numpy())
-
-
-def _is_shared(value: ir.Value, owner: ir.Node) -> bool:
-    """Whether anything besides ``owner`` reads ``value`` (another node or a graph output)."""
-    return value.is_graph_output() or any(node is not owner for node in value.consumers())
+    return other is not None and other is not y and constant_shape(other) is None
 
 
 def _input_name(node: ir.Node, index: int) -> str | None:
