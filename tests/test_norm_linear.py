@@ -427,6 +427,7 @@ def test_the_analysis_is_cached_by_the_manager_and_its_json_round_trips() -> Non
         "bias": "bk",
         "bias_node": "mm_k_add",
         "bias_shared": False,
+        "activation": "y",
         "output": "k_out",
     }
 
