@@ -27,6 +27,7 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True)
 _options = {"debug": False}
+DEFAULT_CALIBRATION_SENTENCES = 256
 
 ModelArgument = Annotated[
     Path | None, typer.Argument(help="An ONNX file.", show_default=False, dir_okay=False)
@@ -44,28 +45,58 @@ def _global_options(
     _options["debug"] = debug
 
 
-def _load_input(model: Path | None, example: str | None) -> tuple[ir.Model, str]:
-    """The model named by exactly one of a path and ``--example``, with a label for reports."""
+def _input_path(model: Path | None, example: str | None) -> tuple[Path, str]:
+    """The file named by exactly one of a path and ``--example``, with a label for reports."""
     if (model is None) == (example is None):
         raise QCompilerError("give either a MODEL path or --example NAME (not both, not neither)")
-    from qcompiler.frontends.onnx import load_onnx
-
     if example is not None:
         from qcompiler.examples import example_path
 
-        path = example_path(example)
-        return load_onnx(path), f"example:{example}"
+        return example_path(example), f"example:{example}"
     assert model is not None
-    return load_onnx(model), str(model)
+    return model, str(model)
+
+
+def _load_onnx(path: Path) -> ir.Model:
+    from qcompiler.frontends.onnx import load_onnx
+
+    return load_onnx(path)
+
+
+def _load_input(model: Path | None, example: str | None) -> tuple[ir.Model, str]:
+    path, source = _input_path(model, example)
+    return _load_onnx(path), source
+
+
+def _calibration_data(calib: Path | None, calib_text: int | None, example: str | None) -> object:
+    """The calibration source the options name (checked later, batch by batch, by the engine)."""
+    if calib is not None and calib_text is not None:
+        raise QCompilerError("give --calib or --calib-text, not both")
+    if calib is not None:
+        if not calib.is_file():
+            raise QCompilerError(f"{calib}: no such calibration file")
+        return calib
+    if calib_text is not None or example == "minilm":
+        if example != "minilm":
+            raise QCompilerError("--calib-text works with --example minilm; give --calib FILE.npz")
+        from qcompiler.calibrate.data import Sentences
+        from qcompiler.examples.text import calibration_sentences
+
+        return Sentences(calibration_sentences(calib_text or DEFAULT_CALIBRATION_SENTENCES))
+    return None
+
+
+def _default_cache() -> Path:
+    from qcompiler.cache import cache_root
+
+    return cache_root() / "calibration"
 
 
 def _canonicalize_with_progress(model: ir.Model, target_opset: int, verify: bool) -> Any:
     from qcompiler.api import canonicalize
     from qcompiler.console import PassProgress
-    from qcompiler.passes.canonicalize import canonicalization_passes
 
-    total = len(canonicalization_passes(target_opset))
-    with PassProgress(stderr, total, "canonicalizing") as progress:
+    with PassProgress(stderr, "canonicalizing") as progress:
         return canonicalize(model, target_opset=target_opset, verify=verify, instruments=[progress])
 
 
@@ -125,6 +156,56 @@ def canonicalize(
     else:
         stdout.print(pass_log_table(result.records))
         stdout.print(f"wrote {written}")
+
+
+@app.command(name="compile")
+def compile_command(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the model.")],
+    model: ModelArgument = None,
+    example: ExampleOption = None,
+    recipe: Annotated[
+        str, typer.Option(help="A built-in recipe (w8a8, w8-dynamic) or a recipe file.")
+    ] = "w8a8",
+    calib: Annotated[
+        Path | None,
+        typer.Option(help="Calibration data: .npz with one array per model input."),
+    ] = None,
+    calib_text: Annotated[
+        int | None,
+        typer.Option(help="Example models: calibrate on N built-in real sentences."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 32,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where calibration statistics are cached.")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recalibrate.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Quantize a model with a recipe and write it with its provenance and sidecar."""
+    from qcompiler.compile import compile_model, file_sha256, save_compiled
+    from qcompiler.console import PassProgress, compile_summary
+    from qcompiler.quant.recipe import load_recipe
+
+    chosen = load_recipe(recipe)
+    path, source = _input_path(model, example)
+    loaded = _load_onnx(path)
+    data = _calibration_data(calib, calib_text, example) if chosen.mode == "static" else None
+    with PassProgress(stderr, f"compiling {source}") as progress:
+        result = compile_model(
+            loaded,
+            chosen,
+            data,
+            input_sha256=file_sha256(path),
+            batch_size=batch_size,
+            cache_dir=None if no_cache else (cache_dir or _default_cache()),
+            instruments=[progress],
+        )
+    written, sidecar = save_compiled(result, output)
+    if as_json:
+        stdout.print_json(json.dumps({"output": str(written), "sidecar": str(sidecar),
+                                      **result.sidecar()}, default=str))  # fmt: skip
+    else:
+        stdout.print(compile_summary(result, path, written))
 
 
 def main(argv: list[str] | None = None) -> int:

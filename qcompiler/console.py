@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from qcompiler.passes.manager import Pass, PassRecord
 
+if TYPE_CHECKING:
+    from qcompiler.compile import CompileResult
+
 
 class PassProgress:
     """An instrument that shows one progress bar over a pipeline's passes."""
 
-    def __init__(self, console: Console, total: int, description: str = "compiling") -> None:
+    def __init__(self, console: Console, description: str = "compiling") -> None:
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -26,7 +32,7 @@ class PassProgress:
             console=console,
             transient=True,
         )
-        self._task = self._progress.add_task(description, total=total, current="")
+        self._task = self._progress.add_task(description, total=None, current="")
 
     def __enter__(self) -> PassProgress:
         self._progress.start()
@@ -34,6 +40,9 @@ class PassProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
+
+    def begin(self, passes: Sequence[Pass]) -> None:
+        self._progress.update(self._task, total=len(passes), completed=0)
 
     def before_pass(self, pass_: Pass, model: ir.Model) -> None:
         del model
@@ -68,3 +77,39 @@ def pass_log_table(records: Sequence[PassRecord]) -> Table:
             error,
         )
     return table
+
+
+def compile_summary(result: CompileResult, source: Path, output: Path) -> Group:
+    """What a compile did: sizes, layers quantized, kernels, and every layer left float."""
+    summary = Table(title=f"Compiled with {result.recipe.name}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    before, after = source.stat().st_size, output.stat().st_size
+    summary.add_row("model size", f"{before / 2**20:.1f} MiB → {after / 2**20:.1f} MiB")
+    quantized = result.plan.quantized()
+    summary.add_row("linear layers quantized", f"{len(quantized)} of {len(result.plan.linear)}")
+    integer = len(result.kernels) - len(result.simulated)
+    summary.add_row("run as ORT integer kernels", f"{integer} ({_kernel_names(result)})")
+    summary.add_row("float simulations (Q→DQ)", str(len(result.simulated)))
+    if result.stats is not None:
+        cached = " (cached)" if result.stats.from_cache else ""
+        summary.add_row("calibration batches", f"{result.stats.batches}{cached}")
+    summary.add_row("compile time", f"{sum(r.seconds for r in result.records):.1f} s")
+    summary.add_row("written", str(output))
+    parts: list[Table] = [summary]
+    left_float = [d for d in result.plan.linear.values() if not d.quantize]
+    if left_float or result.simulated:
+        skipped = Table(title="Not run as integer kernels")
+        for column in ("layer", "why"):
+            skipped.add_column(column)
+        for decision in left_float:
+            skipped.add_row(decision.node, f"float: {decision.reason}")
+        for kernel in result.simulated:
+            skipped.add_row(kernel.weight, f"simulated: {kernel.reason}")
+        parts.append(skipped)
+    return Group(*parts)
+
+
+def _kernel_names(result: CompileResult) -> str:
+    counts = Counter(k.kernel for k in result.kernels if k.integer)
+    return ", ".join(f"{n}× {kernel}" for kernel, n in counts.most_common()) or "none"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
+from qcompiler.cache import cache_root
 from qcompiler.errors import MissingDependencyError, QCompilerError
 from qcompiler.ir.io import save_model_atomic
 
@@ -121,12 +122,8 @@ def model_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where example exports are cached: ``$QCOMPILER_CACHE/examples`` or the user cache."""
-    root = os.environ.get("QCOMPILER_CACHE")
-    if root:
-        return Path(root) / "examples"
-    user_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(user_cache) / "qcompiler" / "examples"
+    """Where example exports are cached: ``<cache root>/examples`` (qcompiler/cache.py)."""
+    return cache_root() / "examples"
 
 
 @functools.lru_cache(maxsize=4)

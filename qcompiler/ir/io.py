@@ -9,7 +9,6 @@ external data file beside the model (``<name>.onnx.data``), since a protobuf can
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,15 +37,26 @@ def save_model_atomic(model: ir.Model, path: str | os.PathLike[str]) -> Path:
     return destination
 
 
-def copy_file_atomic(source: Path, destination: Path) -> None:
-    """Copy a file so that ``destination`` is never seen half-written."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=destination.parent, prefix=".qcompiler-", delete=False
-    ) as f:
-        staged = Path(f.name)
+def write_bytes_atomic(destination: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a staged file beside ``destination``, then move it into place.
+
+    The file gets the permissions a plain ``open(..., "w")`` would (0666 less the umask), not
+    the 0600 of a temporary file.
+    """
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=".qcompiler-")
     try:
-        shutil.copyfile(source, staged)
-        os.replace(staged, destination)
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.chmod(staged, 0o666 & ~_umask())
+        os.replace(staged, path)
     finally:
-        staged.unlink(missing_ok=True)
+        Path(staged).unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -207,7 +207,9 @@ class PassFailure(QCompilerError):
 
 
 class Instrument(Protocol):
-    """Hooks the manager calls around each pass (timing, progress, dumps)."""
+    """Hooks the manager calls around the pipeline and each pass (progress, dumps)."""
+
+    def begin(self, passes: Sequence[Pass]) -> None: ...
 
     def before_pass(self, pass_: Pass, model: ir.Model) -> None: ...
 
@@ -220,6 +222,9 @@ class DumpAfterChange:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self._index = 0
+
+    def begin(self, passes: Sequence[Pass]) -> None:
+        del passes
 
     def before_pass(self, pass_: Pass, model: ir.Model) -> None:
         del pass_, model
@@ -262,6 +267,8 @@ class PassManager(ir.passes.InPlacePass):
         from qcompiler.passes import verify
 
         records: list[PassRecord] = []
+        for instrument in self.instruments:
+            instrument.begin(self.passes)
         reference = (
             verify.ContractReference.start(model, self.verify_feeds) if self.verify_each else None
         )

@@ -1,0 +1,149 @@
+"""Materialize the plan: insert QuantizeLinear / DequantizeLinear for every quantized layer.
+
+Matches: the plan's quantized linear decisions (plan-linear wrote them; calibration added the
+activation parameters of static recipes).
+Does, per layer (names derive from the tensor, so they are stable across runs):
+- weight W → an integer initializer ``W_quantized`` with ``W_scale`` / ``W_zero_point`` and
+  ``DequantizeLinear(axis = output-channel axis)`` feeding the layer. Weight parameters come
+  from W itself: per output channel, range [min, max] of that channel (notes/algorithms.md §0).
+  The float W stays only if something else still reads it.
+- activation x, static → ``QuantizeLinear → DequantizeLinear`` with the calibrated per-tensor
+  parameters, inserted once after x's producer and read by the quantized layers only; other
+  readers of x keep the float value.
+- activation x, dynamic → ``DynamicQuantizeLinear → DequantizeLinear`` (uint8, scale and zero
+  point from each batch's range at run time).
+The layer's output stays float: DQ(x)·DQ(W) → MatMul is what ONNX Runtime fuses into
+MatMulIntegerToFloat (measured, backends/ort/fusibility.py checks it per model).
+Semantics: LOSSY (this is the quantization; its error is measured, not bounded).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.passes.manager import NodeError, Pass, Semantics
+from qcompiler.quant.plan import LinearDecision, QuantPlan
+from qcompiler.quant.spec import QuantParams, QuantSpec
+from qcompiler.quant.uniform import compute_params, quantize
+
+
+class MaterializeQDQ(Pass):
+    name = "materialize"
+    semantics = Semantics.LOSSY
+
+    def __init__(self, plan: QuantPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        nodes = {node.name: node for node in graph}
+        activations: dict[str, ir.Value] = {}
+        weights: dict[str, ir.Value] = {}
+        for decision in self.plan.quantized():
+            node = nodes.get(decision.node)
+            if node is None:
+                raise RuntimeError(f"plan names node '{decision.node}', which the graph lacks")
+            x = self._activation(graph, node, decision, activations)
+            w = self._weight(graph, node, decision, weights)
+            node.replace_input_with(0, x)
+            node.replace_input_with(1, w)
+            self.log.count("layers_quantized")
+        self.log.count("activations_quantized", len(activations))
+        self.log.count("weights_quantized", len(weights))
+        return ir.passes.PassResult(model, modified=bool(self.plan.quantized()))
+
+    def _activation(
+        self,
+        graph: ir.Graph,
+        node: ir.Node,
+        decision: LinearDecision,
+        done: dict[str, ir.Value],
+    ) -> ir.Value:
+        if decision.activation in done:
+            return done[decision.activation]
+        x = node.inputs[0]
+        assert x is not None
+        if decision.activations is None:
+            new_nodes = _dynamic_qdq(x)
+        else:
+            params = self.plan.activation_params.get(decision.activation)
+            if params is None:
+                raise NodeError(node, f"no calibrated parameters for '{decision.activation}'")
+            new_nodes = _static_qdq(graph, x, params, decision.activations)
+        producer = x.producer()
+        if producer is None:
+            graph.insert_before(graph[0], new_nodes)
+        else:
+            graph.insert_after(producer, new_nodes)
+        done[decision.activation] = new_nodes[-1].outputs[0]
+        return done[decision.activation]
+
+    def _weight(
+        self,
+        graph: ir.Graph,
+        node: ir.Node,
+        decision: LinearDecision,
+        done: dict[str, ir.Value],
+    ) -> ir.Value:
+        if decision.weight in done:
+            return done[decision.weight]
+        weight = node.inputs[1]
+        assert weight is not None and weight.const_value is not None and decision.weights
+        w = weight.const_value.numpy()
+        params = weight_params(w, decision.weights, decision.weight_axis)
+        codes = quantize(w, params, decision.weights)
+        stem = decision.weight
+        quantized = _initializer(graph, f"{stem}_quantized", codes, decision.weights.dtype)
+        scale = _initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
+        zero = _initializer(graph, f"{stem}_zero_point", params.zero_point, decision.weights.dtype)
+        dq = ir.node(
+            "DequantizeLinear",
+            [quantized, scale, zero],
+            attributes={"axis": decision.weight_axis},
+            name=f"{stem}_DequantizeLinear",
+        )
+        dq.outputs[0].name = f"{stem}_dequantized"
+        graph.insert_before(node, dq)
+        done[decision.weight] = dq.outputs[0]
+        return dq.outputs[0]
+
+
+def weight_params(w: np.ndarray, spec: QuantSpec, axis: int) -> QuantParams:
+    """Per-output-channel parameters from the weight's own range (reduced over the other axis)."""
+    other = 1 - axis
+    return compute_params(w.min(axis=other), w.max(axis=other), spec)
+
+
+def _static_qdq(
+    graph: ir.Graph, x: ir.Value, params: QuantParams, spec: QuantSpec
+) -> list[ir.Node]:
+    stem = x.name
+    scale = _initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
+    zero = _initializer(graph, f"{stem}_zero_point", params.zero_point, spec.dtype)
+    q = ir.node("QuantizeLinear", [x, scale, zero], name=f"{stem}_QuantizeLinear")
+    q.outputs[0].name = f"{stem}_quantized"
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=f"{stem}_DequantizeLinear")
+    dq.outputs[0].name = f"{stem}_dequantized"
+    return [q, dq]
+
+
+def _dynamic_qdq(x: ir.Value) -> list[ir.Node]:
+    stem = x.name
+    q = ir.node("DynamicQuantizeLinear", [x], num_outputs=3, name=f"{stem}_DynamicQuantizeLinear")
+    for value, suffix in zip(q.outputs, ("quantized", "scale", "zero_point"), strict=True):
+        value.name = f"{stem}_{suffix}"
+    dq = ir.node("DequantizeLinear", list(q.outputs), name=f"{stem}_DequantizeLinear")
+    dq.outputs[0].name = f"{stem}_dequantized"
+    return [q, dq]
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
+    data = np.asarray(array)
+    tensor = ir.tensor(data, dtype=dtype, name=name)
+    value = ir.Value(
+        name=name, shape=ir.Shape(data.shape), type=ir.TensorType(dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value

@@ -1,0 +1,1 @@
+"""Quantization: specs, the uniform quantizer, observers, plans and recipes (DESIGN.md §4)."""

@@ -1,0 +1,1 @@
+"""Built-in quantization recipes (TOML), loaded by qcompiler.quant.recipe."""

@@ -1,0 +1,111 @@
+"""compile on MiniLM: integer kernels, provenance, sidecar, cache, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from qcompiler.backends.ort.session import make_session
+from qcompiler.calibrate.data import Sentences
+from qcompiler.cli import main
+from qcompiler.compile import SIDECAR_SCHEMA, compile_model, file_sha256, save_compiled
+from qcompiler.examples import example_path
+from qcompiler.examples.minilm import minilm_feeds
+from qcompiler.examples.text import calibration_sentences, evaluation_sentences
+from qcompiler.frontends.onnx import load_onnx
+from qcompiler.quant.recipe import load_recipe
+
+
+def pooled_cosines(reference: onnx.ModelProto | object, quantized: object) -> np.ndarray:
+    """Cosine of mean-pooled embeddings, per evaluation sentence."""
+    float_session, quant_session = make_session(reference), make_session(quantized)  # type: ignore[arg-type]
+    feeds = minilm_feeds(evaluation_sentences(64))
+    mask = feeds["attention_mask"][..., None]
+    pooled = [
+        (s.run(None, feeds)[0] * mask).sum(1) / mask.sum(1) for s in (float_session, quant_session)
+    ]
+    a, b = pooled
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def minilm_path() -> Path:
+    return example_path("minilm")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "kernels"),
+    [
+        ("w8a8", {"MatMulIntegerToFloat"}),
+        # Q, K and V share one DynamicQuantizeLinear: ORT keeps it and fuses the three MatMuls
+        # into MatMulIntegerToFloat; single-reader layers become DynamicQuantizeMatMul
+        ("w8-dynamic", {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}),
+    ],
+)
+def test_every_minilm_linear_runs_as_an_ort_integer_kernel(
+    minilm_path: Path, tmp_path: Path, recipe: str, kernels: set[str]
+) -> None:
+    chosen = load_recipe(recipe)
+    data = Sentences(calibration_sentences(64)) if chosen.mode == "static" else None
+    model = load_onnx(minilm_path)
+    result = compile_model(
+        model, chosen, data, input_sha256=file_sha256(minilm_path), batch_size=16
+    )
+    assert len(result.plan.quantized()) == 36
+    assert all(k.integer for k in result.kernels)
+    assert {k.kernel for k in result.kernels} == kernels
+    output, sidecar = save_compiled(result, tmp_path / "q.onnx")
+    onnx.checker.check_model(str(output), full_check=True)
+    metadata = {p.key: p.value for p in onnx.load(output).metadata_props}
+    assert metadata["qcompiler.recipe"] == recipe
+    assert metadata["qcompiler.input_sha256"] == file_sha256(minilm_path)
+    assert json.loads(metadata["qcompiler.layers_simulated"]) == []
+    assert json.loads(sidecar.read_text())["schema"] == SIDECAR_SCHEMA
+    cosines = pooled_cosines(load_onnx(minilm_path), load_onnx(output))
+    # observed on these 64 sentences: w8a8 mean 0.9923 (min 0.9818), w8-dynamic 0.9924 (0.9785)
+    assert cosines.mean() > 0.99 and cosines.min() > 0.97
+
+
+def test_a_second_compile_reads_the_cached_statistics_and_writes_the_same_model(
+    minilm_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["compile", "--example", "minilm", "--calib-text", "32", "--cache-dir", str(tmp_path)]
+    assert main([*args, "-o", str(tmp_path / "a.onnx"), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*args, "-o", str(tmp_path / "b.onnx"), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert first["calibration"]["from_cache"] is False
+    assert second["calibration"]["from_cache"] is True
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_static_recipe_without_data_is_a_one_line_error(
+    minilm_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compile", str(minilm_path), "-o", str(tmp_path / "q.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "needs calibration data" in err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_calibration_file_with_wrong_inputs_is_a_one_line_error(
+    minilm_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, tokens=np.ones((4, 8), np.int64))
+    code = main(["compile", str(minilm_path), "--calib", str(npz), "-o", str(tmp_path / "q.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "input_ids" in err
+
+
+def test_unknown_recipe_is_a_one_line_error(
+    minilm_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compile", str(minilm_path), "--recipe", "w1a1", "-o", str(tmp_path / "q")])
+    assert code == 2
+    assert "unknown recipe 'w1a1'" in capsys.readouterr().err
