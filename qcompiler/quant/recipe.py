@@ -44,7 +44,15 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from qcompiler.errors import QCompilerError
-from qcompiler.quant.spec import PER_TENSOR, Granularity, QuantSpec, per_channel, per_group
+from qcompiler.quant.spec import (
+    OBSERVERS,
+    PER_TENSOR,
+    TYPE_RANGES,
+    Granularity,
+    QuantSpec,
+    per_channel,
+    per_group,
+)
 
 Mode = Literal["static", "dynamic"]
 WEIGHT_AXIS = 1
@@ -292,8 +300,7 @@ def _spec_fields(spec: QuantSpec) -> dict[str, Any]:
     }
 
 
-QUANT_DTYPES = ("int8", "uint8", "int4", "uint4", "int16", "uint16")
-OBSERVERS = ("minmax", "percentile", "entropy", "mse")
+QUANT_DTYPES = tuple(dtype.name.lower() for dtype in TYPE_RANGES)
 
 
 def _dtype(name: object, where: str) -> ir.DataType:
