@@ -155,3 +155,27 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith("qcompiler: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_large_models_are_saved_with_external_data_and_reload_equal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcompiler.frontends.onnx import load_onnx
+    from qcompiler.ir import io
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    model = ir.from_proto(onnx.helper.make_model(graph))
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 0)  # what a > 1 GB model gets
+    written = io.save_model_atomic(model, tmp_path / "out" / "big.onnx")
+    assert sorted(p.name for p in written.parent.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert written.stat().st_size < weight.nbytes  # the weight is not in the protobuf
+    stored = load_onnx(written).graph.initializers["w"].const_value
+    assert isinstance(stored, ir.ExternalTensor)  # memory-mapped on load
+    np.testing.assert_array_equal(stored.numpy(), weight)
