@@ -1,4 +1,4 @@
-"""The Python entry points: ``load``, ``canonicalize``, ``inspect``.
+"""The Python entry points: ``load``, ``canonicalize``, ``compile``.
 
 ``load`` brings any supported input into one IR (``onnx_ir.Model``): ONNX files and ModelProtos
 through the ONNX frontend, torch modules, ExportedPrograms and FX GraphModules through
@@ -7,10 +7,12 @@ torch.export and the dynamo ONNX exporter. The ONNX path never imports torch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -20,6 +22,10 @@ from qcompiler.errors import QCompilerError
 from qcompiler.frontends.onnx import load_onnx
 from qcompiler.passes.canonicalize import DEFAULT_TARGET_OPSET, canonicalization_passes
 from qcompiler.passes.manager import Instrument, PassManager, PipelineResult
+from qcompiler.quant.recipe import Recipe
+
+if TYPE_CHECKING:
+    from qcompiler.compiler import CompileResult
 
 ModelSource = str | os.PathLike[str] | onnx.ModelProto | ir.Model | Any
 
@@ -73,3 +79,49 @@ def canonicalize(
         instruments=instruments,
     )
     return manager.run(model)
+
+
+def compile(
+    source: ModelSource,
+    recipe: str | os.PathLike[str] | Recipe = "w8a8",
+    calibration: object = None,
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike[str] | None = None,
+    target_opset: int = DEFAULT_TARGET_OPSET,
+    instruments: Sequence[Instrument] = (),
+    **export_options: Any,
+) -> CompileResult:
+    """Quantize ``source`` with ``recipe``; returns the result (save it with ``save_compiled``).
+
+    ``source`` is anything :func:`load` takes (an ONNX path or proto, an IR model, a torch
+    module with ``example_inputs`` and the exporter's options such as ``dynamic_shapes`` and
+    ``input_names``); an ``onnx_ir.Model`` is quantized in place. ``calibration`` is what static
+    recipes need: an iterable of feed dicts, a dict of arrays (first axis = samples), an ``.npz``
+    path, or a torch DataLoader.
+    """
+    from qcompiler.compiler import compile_model
+    from qcompiler.quant.recipe import load_recipe
+
+    model = load(source, example_inputs, **export_options)
+    return compile_model(
+        model,
+        recipe if isinstance(recipe, Recipe) else load_recipe(recipe),
+        calibration,
+        input_sha256=input_fingerprint(source, model),
+        batch_size=batch_size,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        target_opset=target_opset,
+        instruments=instruments,
+    )
+
+
+def input_fingerprint(source: ModelSource, model: ir.Model) -> str:
+    """sha256 of the input file, or of the serialized model for in-memory inputs."""
+    if isinstance(source, (str, os.PathLike)):
+        from qcompiler.compiler import file_sha256
+
+        return file_sha256(source)
+    payload = ir.to_proto(model).SerializeToString(deterministic=True)
+    return hashlib.sha256(payload).hexdigest()

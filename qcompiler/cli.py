@@ -182,7 +182,7 @@ def compile_command(
     as_json: JsonOption = False,
 ) -> None:
     """Quantize a model with a recipe and write it with its provenance and sidecar."""
-    from qcompiler.compile import compile_model, file_sha256, save_compiled
+    from qcompiler.compiler import compile_model, file_sha256, save_compiled
     from qcompiler.console import PassProgress, compile_summary
     from qcompiler.quant.recipe import load_recipe
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from qcompiler.passes.manager import Pass, PassRecord
 
 if TYPE_CHECKING:
-    from qcompiler.compile import CompileResult
+    from qcompiler.compiler import CompileResult
 
 
 class PassProgress:

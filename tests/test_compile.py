@@ -12,7 +12,7 @@ import pytest
 from qcompiler.backends.ort.session import make_session
 from qcompiler.calibrate.data import Sentences
 from qcompiler.cli import main
-from qcompiler.compile import SIDECAR_SCHEMA, compile_model, file_sha256, save_compiled
+from qcompiler.compiler import SIDECAR_SCHEMA, compile_model, file_sha256, save_compiled
 from qcompiler.examples import example_path
 from qcompiler.examples.minilm import minilm_feeds
 from qcompiler.examples.text import calibration_sentences, evaluation_sentences
@@ -109,3 +109,31 @@ def test_unknown_recipe_is_a_one_line_error(
     code = main(["compile", str(minilm_path), "--recipe", "w1a1", "-o", str(tmp_path / "q")])
     assert code == 2
     assert "unknown recipe 'w1a1'" in capsys.readouterr().err
+
+
+def test_compile_a_torch_module_from_python() -> None:
+    import torch
+
+    import qcompiler
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16)
+    ).eval()
+    rng = np.random.default_rng(0)
+    result = qcompiler.compile(
+        module,
+        "w8a8",
+        {"x": rng.standard_normal((64, 5, 16)).astype(np.float32)},
+        example_inputs=(torch.randn(2, 5, 16),),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        input_names=["x"],
+        batch_size=16,
+    )
+    assert [(k.kernel, k.integer) for k in result.kernels] == [("MatMulIntegerToFloat", True)] * 2
+    x = rng.standard_normal((8, 5, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    (actual,) = make_session(result.model).run(None, {"x": x})
+    # observed normwise 0.011 for 8-bit weights and activations
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.03

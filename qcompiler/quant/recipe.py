@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -173,7 +174,7 @@ def builtin_recipes() -> list[str]:
     )
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
+def load_recipe(name_or_path: str | os.PathLike[str]) -> Recipe:
     """A built-in recipe by name, or a recipe file (.toml, .yaml/.yml, .json)."""
     path = Path(name_or_path)
     if path.suffix in (".toml", ".yaml", ".yml", ".json"):
