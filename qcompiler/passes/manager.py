@@ -77,6 +77,12 @@ class PassLog:
     def note(self, message: str) -> None:
         self.notes.append(message)
 
+    def extend(self, other: PassLog) -> None:
+        """Add another log's counters, skips and notes to this one."""
+        self.counters.update(other.counters)
+        self.skips.extend(other.skips)
+        self.notes.extend(other.notes)
+
 
 class Analysis(abc.ABC, Generic[T]):
     """A fact about a model computed on demand and cached by the :class:`AnalysisManager`.
@@ -237,6 +243,16 @@ class DumpAfterChange:
             save_model_atomic(model, self.directory / f"{self._index:02d}-{pass_.name}.onnx")
 
 
+def run_pass(pass_: Pass, model: ir.Model, analyses: AnalysisManager) -> ir.passes.PassResult:
+    """Run one pass with a fresh log and the shared analyses; invalidate what it did not keep."""
+    pass_.log = PassLog()
+    pass_.analyses = analyses
+    result = pass_(model)
+    if result.modified:
+        analyses.invalidate(pass_.preserved_analyses)
+    return result
+
+
 class PassManager(ir.passes.InPlacePass):
     """Runs passes in order with shared analyses, instruments and optional verification.
 
@@ -285,11 +301,9 @@ class PassManager(ir.passes.InPlacePass):
         return PipelineResult(model, any(r.modified for r in records), records)
 
     def _run_one(self, pass_: Pass, model: ir.Model, history: list[str]) -> PassRecord:
-        pass_.log = PassLog()
-        pass_.analyses = self.analyses
         start = time.perf_counter()
         try:
-            result = pass_(model)
+            result = run_pass(pass_, model, self.analyses)
         except NodeError as error:
             raise PassFailure(pass_.name, history, str(error), error.node_name) from error
         except QCompilerError:
@@ -298,8 +312,6 @@ class PassManager(ir.passes.InPlacePass):
             message = f"{type(error).__name__}: {first_line(error)}"
             raise PassFailure(pass_.name, history, message, None) from error
         seconds = time.perf_counter() - start
-        if result.modified:
-            self.analyses.invalidate(pass_.preserved_analyses)
         return PassRecord(
             name=pass_.name,
             semantics=pass_.semantics,
@@ -344,13 +356,6 @@ class FixedPoint(Pass):
     def _round(self, model: ir.Model) -> bool:
         changed = False
         for pass_ in self.passes:
-            pass_.log = PassLog()
-            pass_.analyses = self.analyses
-            result = pass_(model)
-            self.log.counters.update(pass_.log.counters)
-            self.log.skips.extend(pass_.log.skips)
-            self.log.notes.extend(pass_.log.notes)
-            if result.modified:
-                self.analyses.invalidate(pass_.preserved_analyses)
-                changed = True
+            changed |= run_pass(pass_, model, self.analyses).modified
+            self.log.extend(pass_.log)
         return changed
