@@ -40,6 +40,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from qcompiler.backends.ort.session import make_session
 from qcompiler.calibrate.data import (
     CalibrationDataError,
     CalibrationStream,
@@ -293,11 +294,7 @@ def _exposing_session(
     )
     payload = proto.SerializeToString()
     del proto
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    return make_session(payload, threads=threads)
 
 
 class _StatsCache:

@@ -20,7 +20,8 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
+
+from qcompiler.backends.ort.session import make_session
 
 INTEGER_KERNELS = frozenset(
     {
@@ -60,12 +61,7 @@ def optimized_graph(model: ir.Model, threads: int = 1) -> onnx.ModelProto:
     """The graph ORT executes after its CPU optimizations (ORT_ENABLE_ALL)."""
     with tempfile.TemporaryDirectory(prefix="qcompiler-ort-") as folder:
         path = Path(folder) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.optimized_model_filepath = str(path)
-        payload = ir.to_proto(model).SerializeToString()
-        ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        make_session(model, threads=threads, optimized_model_path=path)
         return onnx.load(path)
 
 

@@ -8,6 +8,7 @@ graph qcompiler produced, which is what numerical contracts are about.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -15,15 +16,25 @@ import onnxruntime as ort
 
 
 def make_session(
-    model: ir.Model, *, optimize: bool = True, threads: int | None = None
+    model: ir.Model | bytes,
+    *,
+    optimize: bool = True,
+    threads: int | None = None,
+    optimized_model_path: Path | None = None,
 ) -> ort.InferenceSession:
+    """A CPU session on an IR model, or on an already serialized ModelProto.
+
+    ``optimized_model_path`` makes ORT write the graph it will execute there (fusions applied).
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
-    payload = ir.to_proto(model).SerializeToString()
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    payload = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
     return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
 
 
