@@ -53,8 +53,6 @@ def verification_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
         dtype = value.dtype.numpy()
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[name] = np.ones(shape, dtype=dtype)
         else:
             feeds[name] = np.ones(shape, dtype=dtype)
     return feeds
