@@ -6,10 +6,12 @@ traceback instead). Reports go to stdout (``--json`` for tools); progress goes t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import onnx_ir as ir
 import typer
@@ -17,6 +19,9 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from qcompiler.errors import QCompilerError
+
+if TYPE_CHECKING:
+    from qcompiler.report.evaluate import Pool
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +41,42 @@ ExampleOption = Annotated[
     str | None, typer.Option("--example", help="A built-in example model: minilm, dinov2.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+ExposeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--expose",
+        help="Make this intermediate value a graph output (repeatable).",
+        metavar="NAME",
+        show_default=False,
+    ),
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="Held-out data: .npz with one array per model input."),
+]
+ExampleTextOption = Annotated[
+    int | None,
+    typer.Option(help="MiniLM: N built-in sentences disjoint from calibration (pools by mean)."),
+]
+OutputNameOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--output",
+        help="Compare this output (repeatable; default: all).",
+        metavar="NAME",
+        show_default=False,
+    ),
+]
+PoolOption = Annotated[
+    str | None,
+    typer.Option(
+        help="mean: average token outputs (batch × seq × dim) over the attention mask; none. "
+        "Default: mean with --example-text, else none.",
+        metavar="mean|none",
+        show_default=False,
+    ),
+]
+EvalBatchOption = Annotated[int, typer.Option(help="Evaluation batch size.")]
 
 
 @app.callback()
@@ -84,6 +125,60 @@ def _calibration_data(calib: Path | None, calib_text: int | None, example: str |
 
         return Sentences(calibration_sentences(calib_text or DEFAULT_CALIBRATION_SENTENCES))
     return None
+
+
+def _evaluation_data(
+    data: Path | None, example_text: int | None, model: ir.Model
+) -> tuple[object, str]:
+    """The held-out data the options name, with a label for reports."""
+    if data is not None and example_text is not None:
+        raise QCompilerError("give --data or --example-text, not both")
+    if data is not None:
+        if not data.is_file():
+            raise QCompilerError(f"{data}: no such data file")
+        return data, str(data)
+    if example_text is None:
+        raise QCompilerError("give the data to measure on: --data FILE.npz or --example-text N")
+    from qcompiler.calibrate.data import Sentences, model_inputs
+    from qcompiler.examples.minilm import INPUT_NAMES
+    from qcompiler.examples.text import evaluation_sentences
+
+    names = tuple(i.name for i in model_inputs(model))
+    if names != INPUT_NAMES:
+        raise QCompilerError(
+            f"--example-text feeds MiniLM's inputs ({', '.join(INPUT_NAMES)}); the model takes "
+            f"{', '.join(names)}: give --data FILE.npz"
+        )
+    return Sentences(evaluation_sentences(example_text)), f"{example_text} evaluation sentences"
+
+
+def _pool(pool: str | None, example_text: int | None) -> Pool:
+    from qcompiler.report.evaluate import Pool
+
+    if pool is None:
+        return Pool.MEAN if example_text is not None else Pool.NONE
+    try:
+        return Pool(pool)
+    except ValueError:
+        raise QCompilerError(f"unknown --pool {pool!r}; use mean or none") from None
+
+
+def _expose(model: ir.Model, names: list[str] | None) -> ir.Model:
+    from qcompiler.ir.edit import expose_outputs
+
+    return expose_outputs(model, names or [])
+
+
+@contextlib.contextmanager
+def _counting(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; yields a callback taking the number of items done."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.update(task, completed=done)
 
 
 def _default_cache() -> Path:
@@ -179,6 +274,7 @@ def compile_command(
         Path | None, typer.Option(help="Where calibration statistics are cached.")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recalibrate.")] = False,
+    expose: ExposeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Quantize a model with a recipe and write it with its provenance and sidecar."""
@@ -188,7 +284,7 @@ def compile_command(
 
     chosen = load_recipe(recipe)
     path, source = _input_path(model, example)
-    loaded = _load_onnx(path)
+    loaded = _expose(_load_onnx(path), expose)
     data = _calibration_data(calib, calib_text, example) if chosen.mode == "static" else None
     with PassProgress(stderr, f"compiling {source}") as progress:
         result = compile_model(
@@ -206,6 +302,90 @@ def compile_command(
                                       **result.sidecar()}, default=str))  # fmt: skip
     else:
         stdout.print(compile_summary(result, path, written))
+
+
+@app.command(name="eval")
+def eval_command(
+    float_model: Annotated[Path, typer.Argument(help="The float ONNX model.", dir_okay=False)],
+    quantized: Annotated[Path, typer.Argument(help="The quantized ONNX model.", dir_okay=False)],
+    data: DataOption = None,
+    example_text: ExampleTextOption = None,
+    output: OutputNameOption = None,
+    pool: PoolOption = None,
+    expose: ExposeOption = None,
+    batch_size: EvalBatchOption = 32,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a quantized model with its float model on held-out data, output by output."""
+    from qcompiler.report.evaluate import evaluate
+    from qcompiler.report.render import evaluation_table
+
+    reference = _expose(_load_onnx(float_model), expose)
+    candidate = _expose(_load_onnx(quantized), expose)
+    chosen_pool = _pool(pool, example_text)
+    source, label = _evaluation_data(data, example_text, reference)
+    with _counting("evaluating (batches)") as progress:
+        result = evaluate(
+            reference, candidate, source, outputs=output or (), pool=chosen_pool,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    if as_json:
+        document = {"float": str(float_model), "quantized": str(quantized), "data": label}
+        stdout.print_json(json.dumps({**result.to_json(), **document}))
+    else:
+        stdout.print(evaluation_table(result, label))
+
+
+@app.command()
+def report(
+    model: Annotated[
+        Path, typer.Argument(help="A model written by qcompiler compile.", dir_okay=False)
+    ],
+    float_model: Annotated[
+        Path | None,
+        typer.Option("--float", help="The float model it was compiled from: measure each layer."),
+    ] = None,
+    data: DataOption = None,
+    example_text: ExampleTextOption = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", help="The value to measure (default: the first output).", metavar="NAME"
+        ),
+    ] = None,
+    pool: PoolOption = None,
+    batch_size: EvalBatchOption = 32,
+    top: Annotated[
+        int | None, typer.Option(help="Show the K worst layers only.", min=1, metavar="K")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per quantized layer: ranges, scales, kernels; with --float and data, each layer's error."""
+    from qcompiler.compiler import file_sha256
+    from qcompiler.ir.graph import onnx_opset
+    from qcompiler.report.layers import measured_report, sidecar_report
+    from qcompiler.report.render import report_tables
+    from qcompiler.report.sidecar import read_sidecar
+
+    quantized = _load_onnx(model)
+    sidecar = read_sidecar(model)
+    result = sidecar_report(str(model), sidecar, quantized)
+    if float_model is not None or data is not None or example_text is not None:
+        if float_model is None:
+            raise QCompilerError("--data and --example-text measure layers against --float MODEL")
+        reference = _load_onnx(float_model)
+        source, _ = _evaluation_data(data, example_text, reference)
+        with _counting("measuring layers", len(result.rows)) as progress:
+            result = measured_report(
+                result, reference, file_sha256(float_model), source,
+                target_opset=onnx_opset(quantized), output=output,
+                pool=_pool(pool, example_text), batch_size=batch_size, progress=progress,
+            )  # fmt: skip
+    result = result.top(top)
+    if as_json:
+        stdout.print_json(json.dumps(result.to_json()))
+    else:
+        stdout.print(report_tables(result))
 
 
 def main(argv: list[str] | None = None) -> int:
