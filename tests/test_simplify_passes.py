@@ -13,6 +13,7 @@ from qcompiler.passes.canonicalize import (
     InferShapes,
     LiftConstantsToInitializers,
     MakeDefaultAttributesExplicit,
+    NameNodesAndValues,
     simplification,
 )
 from qcompiler.passes.manager import EXACT_TOLERANCE, Pass
@@ -229,3 +230,21 @@ g (float[6, 2] x, int64 split) => (seq(float) y) {
     assert fold(model).modified is False
     assert op_types(model) == ["SplitToSequence"] and model.graph.node(0).domain == ""
     assert "SplitToSequence with a computed split" in fold.log.skips[0].reason
+
+
+def test_unnamed_nodes_get_unique_names_and_the_interface_keeps_its_own() -> None:
+    model = build("""
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 4] x) => (float[N, 4] y) {
+    a = Neg(x)
+    b = Neg(a)
+    y = Neg(b)
+}
+""")
+    assert [node.name for node in model.graph] == ["", "", ""]
+    assert NameNodesAndValues()(model).modified
+    names = [node.name for node in model.graph]
+    assert len(set(names)) == 3 and all(names)
+    assert [v.name for v in model.graph.inputs] == ["x"]
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    run_twice_asserting_idempotence(NameNodesAndValues, model)

@@ -4,7 +4,8 @@ The pipeline, in order:
 
 1. ``upgrade-opset``: to ``target_opset`` (default 21), logged; never downgrades.
 2. ``explicit-attributes``: default attribute values written out (pattern rules see one form).
-3. ``simplify``, run to a fixed point: ``lift-constants`` (Constant nodes, from the exporter or
+3. ``simplify``, run to a fixed point: ``name-nodes`` (unique names: plans and reports key on
+   them), ``lift-constants`` (Constant nodes, from the exporter or
    from folding, become initializers, so weights held in Constant nodes are visible to later
    passes), ``infer-shapes``, ``fold-constants``, ``eliminate-identities``,
    ``eliminate-dead-code``. These enable each other (a folded Cast makes a shape static, which
@@ -29,6 +30,7 @@ from qcompiler.passes.canonicalize.fuse_layer_norm import FuseLayerNorm
 from qcompiler.passes.canonicalize.fuse_rms_norm import FuseRmsNorm
 from qcompiler.passes.canonicalize.identity_elimination import EliminateIdentities
 from qcompiler.passes.canonicalize.lift_constants import LiftConstantsToInitializers
+from qcompiler.passes.canonicalize.naming import NameNodesAndValues
 from qcompiler.passes.canonicalize.opset_upgrade import UpgradeOpset
 from qcompiler.passes.canonicalize.shape_inference import InferShapes
 from qcompiler.passes.manager import FixedPoint, Pass
@@ -46,6 +48,7 @@ __all__ = [
     "InferShapes",
     "LiftConstantsToInitializers",
     "MakeDefaultAttributesExplicit",
+    "NameNodesAndValues",
     "UpgradeOpset",
     "canonicalization_passes",
     "simplification",
@@ -75,6 +78,7 @@ def simplification() -> FixedPoint:
     return FixedPoint(
         "simplify",
         [
+            NameNodesAndValues(),
             LiftConstantsToInitializers(),
             InferShapes(),
             FoldConstants(),
