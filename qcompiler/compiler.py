@@ -34,7 +34,7 @@ from qcompiler.passes.canonicalize import (
     simplification,
 )
 from qcompiler.passes.manager import Instrument, Pass, PassManager, PassRecord
-from qcompiler.passes.materialize import MaterializeQDQ
+from qcompiler.passes.materialize import MaterializeQDQ, float_weight_name, quantized_weight_name
 from qcompiler.passes.quantize.calibrate_activations import CalibrateActivations
 from qcompiler.passes.quantize.plan_linear import PlanLinearQuantization
 from qcompiler.quant.plan import QuantPlan
@@ -92,10 +92,10 @@ def compile_model(
     calibrate = CalibrateActivations(plan, calibration, batch_size=batch_size, cache_dir=cache_dir)
     passes = compile_passes(recipe, plan, calibrate, target_opset)
     result = PassManager(passes, instruments=instruments).run(model)
-    quantized_weights = [f"{d.weight}_quantized" for d in plan.quantized()]
+    quantized_weights = [quantized_weight_name(d.weight) for d in plan.quantized()]
     kernels = layer_kernels(model, dict.fromkeys(quantized_weights)) if quantized_weights else []
     compiled = CompileResult(model, recipe, plan, result.records, kernels, calibrate.stats)
-    compiled.provenance = _provenance(compiled, input_sha256)
+    compiled.provenance = _provenance(compiled, input_sha256, target_opset)
     _stamp(model, compiled.provenance)
     return compiled
 
@@ -129,13 +129,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _provenance(result: CompileResult, input_sha256: str) -> dict[str, str]:
+def _provenance(result: CompileResult, input_sha256: str, target_opset: int) -> dict[str, str]:
     recipe_json = json.dumps(result.recipe.to_json(), sort_keys=True)
-    simulated = [k.weight.removesuffix("_quantized") for k in result.simulated]
+    simulated = [float_weight_name(k.weight) for k in result.simulated]
     return {
         "qcompiler.input_sha256": input_sha256,
         "qcompiler.recipe": result.recipe.name,
         "qcompiler.recipe_sha256": hashlib.sha256(recipe_json.encode()).hexdigest(),
+        "qcompiler.target_opset": str(target_opset),
         "qcompiler.data_fingerprint": result.stats.data_fingerprint if result.stats else "",
         "qcompiler.versions": json.dumps(_versions(), sort_keys=True),
         "qcompiler.layers_quantized": str(len(result.plan.quantized())),

@@ -95,7 +95,7 @@ class MaterializeQDQ(Pass):
         params = weight_params(w, decision.weights, decision.weight_axis)
         codes = quantize(w, params, decision.weights)
         stem = decision.weight
-        quantized = _initializer(graph, f"{stem}_quantized", codes, decision.weights.dtype)
+        quantized = _initializer(graph, quantized_weight_name(stem), codes, decision.weights.dtype)
         scale = _initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
         zero = _initializer(graph, f"{stem}_zero_point", params.zero_point, decision.weights.dtype)
         dq = ir.node(
@@ -108,6 +108,19 @@ class MaterializeQDQ(Pass):
         graph.insert_before(node, dq)
         done[decision.weight] = dq.outputs[0]
         return dq.outputs[0]
+
+
+QUANTIZED_SUFFIX = "_quantized"
+
+
+def quantized_weight_name(weight: str) -> str:
+    """The integer initializer materialize stores for float weight ``weight``."""
+    return weight + QUANTIZED_SUFFIX
+
+
+def float_weight_name(quantized: str) -> str:
+    """The float weight a quantized initializer came from (inverse of quantized_weight_name)."""
+    return quantized.removesuffix(QUANTIZED_SUFFIX)
 
 
 def weight_params(w: np.ndarray, spec: QuantSpec, axis: int) -> QuantParams:

@@ -34,6 +34,20 @@ class LinearDecision:
         self.quantize = False
         self.reason = reason
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> LinearDecision:
+        return cls(
+            node=str(entry["node"]),
+            op_type=str(entry["op_type"]),
+            activation=str(entry["activation"]),
+            weight=str(entry["weight"]),
+            weight_axis=int(entry["weight_axis"]),
+            quantize=bool(entry["quantize"]),
+            reason=str(entry["reason"]),
+            weights=_spec(entry["weights"]),
+            activations=_spec(entry["activations"]),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
@@ -70,6 +84,19 @@ class QuantPlan:
             decision.skip(reason)
         return [d.node for d in affected]
 
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> QuantPlan:
+        """The plan that :meth:`to_json` wrote."""
+        plan = cls(str(document["recipe"]), str(document["mode"]))
+        for entry in document["linear"]:
+            decision = LinearDecision.from_json(entry)
+            plan.linear[decision.node] = decision
+        plan.activation_params.update(
+            (name, QuantParams.from_json(params))
+            for name, params in document["activation_params"].items()
+        )
+        return plan
+
     def to_json(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe,
@@ -77,3 +104,7 @@ class QuantPlan:
             "linear": [d.to_json() for d in self.linear.values()],
             "activation_params": {k: p.to_json() for k, p in self.activation_params.items()},
         }
+
+
+def _spec(entry: dict[str, Any] | None) -> QuantSpec | None:
+    return None if entry is None else QuantSpec.from_json(entry)

@@ -18,11 +18,8 @@ from typing import Any
 from qcompiler.backends.ort.fusibility import LayerKernel
 from qcompiler.compiler import SIDECAR_SCHEMA, SIDECAR_SUFFIX
 from qcompiler.errors import QCompilerError, first_line
-from qcompiler.quant.plan import LinearDecision, QuantPlan
-from qcompiler.quant.spec import QuantParams, QuantSpec
-
-QUANTIZED_WEIGHT_SUFFIX = "_quantized"
-"""What materialize appends to a weight's name for its integer initializer (the kernels' key)."""
+from qcompiler.passes.materialize import float_weight_name
+from qcompiler.quant.plan import QuantPlan
 
 
 class SidecarError(QCompilerError):
@@ -65,19 +62,6 @@ def read_sidecar(model: Path) -> Sidecar:
         ) from error
 
 
-def plan_from_json(document: dict[str, Any]) -> QuantPlan:
-    """The :class:`QuantPlan` that ``QuantPlan.to_json`` wrote."""
-    plan = QuantPlan(str(document["recipe"]), str(document["mode"]))
-    for entry in document["linear"]:
-        decision = _decision_from_json(entry)
-        plan.linear[decision.node] = decision
-    plan.activation_params.update(
-        (name, QuantParams.from_json(params))
-        for name, params in document["activation_params"].items()
-    )
-    return plan
-
-
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise SidecarError(
@@ -92,34 +76,13 @@ def _load_json(path: Path) -> Any:
 
 def _parse(path: Path, document: dict[str, Any]) -> Sidecar:
     calibration = document["calibration"] or {"tensors": {}}
-    kernels = (
-        LayerKernel(str(k["weight"]), str(k["kernel"]), bool(k["integer"]), str(k["reason"]))
-        for k in document["kernels"]
-    )
+    kernels = (LayerKernel.from_json(k) for k in document["kernels"])
     return Sidecar(
         path=path,
         provenance={str(k): str(v) for k, v in document["provenance"].items()},
-        plan=plan_from_json(document["plan"]),
+        plan=QuantPlan.from_json(document["plan"]),
         ranges={
             name: (tensor["min"], tensor["max"]) for name, tensor in calibration["tensors"].items()
         },
-        kernels={k.weight.removesuffix(QUANTIZED_WEIGHT_SUFFIX): k for k in kernels},
+        kernels={float_weight_name(k.weight): k for k in kernels},
     )
-
-
-def _decision_from_json(entry: dict[str, Any]) -> LinearDecision:
-    return LinearDecision(
-        node=str(entry["node"]),
-        op_type=str(entry["op_type"]),
-        activation=str(entry["activation"]),
-        weight=str(entry["weight"]),
-        weight_axis=int(entry["weight_axis"]),
-        quantize=bool(entry["quantize"]),
-        reason=str(entry["reason"]),
-        weights=_spec(entry["weights"]),
-        activations=_spec(entry["activations"]),
-    )
-
-
-def _spec(entry: dict[str, Any] | None) -> QuantSpec | None:
-    return None if entry is None else QuantSpec.from_json(entry)

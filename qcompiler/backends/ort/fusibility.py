@@ -48,6 +48,12 @@ class LayerKernel:
     reason: str
     """Why it stays simulated; empty when it runs as an integer kernel."""
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> LayerKernel:
+        return cls(
+            str(entry["weight"]), str(entry["kernel"]), bool(entry["integer"]), str(entry["reason"])
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "weight": self.weight,
