@@ -45,24 +45,21 @@ class MaterializeQDQ(Pass):
             node = nodes.get(decision.node)
             if node is None:
                 raise RuntimeError(f"plan names node '{decision.node}', which the graph lacks")
-            x = self._activation(graph, node, decision, activations)
-            w = self._weight(graph, node, decision, weights)
-            node.replace_input_with(0, x)
-            node.replace_input_with(1, w)
+            if decision.activation not in activations:
+                activations[decision.activation] = self._quantize_activation(graph, node, decision)
+            if decision.weight not in weights:
+                weights[decision.weight] = self._quantize_weight(graph, node, decision)
+            node.replace_input_with(0, activations[decision.activation])
+            node.replace_input_with(1, weights[decision.weight])
             self.log.count("layers_quantized")
         self.log.count("activations_quantized", len(activations))
         self.log.count("weights_quantized", len(weights))
         return ir.passes.PassResult(model, modified=bool(self.plan.quantized()))
 
-    def _activation(
-        self,
-        graph: ir.Graph,
-        node: ir.Node,
-        decision: LinearDecision,
-        done: dict[str, ir.Value],
+    def _quantize_activation(
+        self, graph: ir.Graph, node: ir.Node, decision: LinearDecision
     ) -> ir.Value:
-        if decision.activation in done:
-            return done[decision.activation]
+        """Q→DQ (or DynamicQ→DQ) after the activation's producer; returns the DQ output."""
         x = node.inputs[0]
         assert x is not None
         if decision.activations is None:
@@ -77,18 +74,12 @@ class MaterializeQDQ(Pass):
             graph.insert_before(graph[0], new_nodes)
         else:
             graph.insert_after(producer, new_nodes)
-        done[decision.activation] = new_nodes[-1].outputs[0]
-        return done[decision.activation]
+        return new_nodes[-1].outputs[0]
 
-    def _weight(
-        self,
-        graph: ir.Graph,
-        node: ir.Node,
-        decision: LinearDecision,
-        done: dict[str, ir.Value],
+    def _quantize_weight(
+        self, graph: ir.Graph, node: ir.Node, decision: LinearDecision
     ) -> ir.Value:
-        if decision.weight in done:
-            return done[decision.weight]
+        """The integer weight and its DequantizeLinear before ``node``; returns the DQ output."""
         weight = node.inputs[1]
         assert weight is not None and weight.const_value is not None and decision.weights
         w = weight.const_value.numpy()
@@ -106,7 +97,6 @@ class MaterializeQDQ(Pass):
         )
         dq.outputs[0].name = f"{stem}_dequantized"
         graph.insert_before(node, dq)
-        done[decision.weight] = dq.outputs[0]
         return dq.outputs[0]
 
 
