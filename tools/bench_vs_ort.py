@@ -1550,7 +1550,7 @@ def study_table(result: StudyResult) -> Table:
         calibrate = result.calibrate.get((name, n))
         in_calibration = f"{min(calibrate):.1f}" if calibrate else "—"
         rows.append((name, str(n), f"{min(times):.1f}", spread, in_calibration,
-                     fmt_mb(max(rss)), ""))  # fmt: skip
+                     fmt_mb(max(rss)), "—"))  # fmt: skip
     headers = ("configuration", "sentences", "compile s (min)", "all runs s",
                "of which calibrate pass s", "ΔRSS MB (max)", "error")  # fmt: skip
     return Table("Compile-time study (fresh process per run)", headers, rows)
@@ -1872,7 +1872,7 @@ def write_markdown(report: Report, path: Path, analysis: Sequence[str]) -> None:
         "",
         f"```bash\n{report.command}\n```",
         "",
-        f"Total run time: {report.seconds / 60:.1f} min (MiniLM main {m.seconds:.0f} s"
+        f"Run time: {report.seconds / 60:.1f} min (MiniLM main {m.seconds:.0f} s"
         + (f", collapse study {report.collapse.seconds:.0f} s" if report.collapse else "")
         + (f", compile-time study {report.study.seconds:.0f} s" if report.study else "")
         + (f", DINOv2 {report.dinov2.seconds:.0f} s" if report.dinov2 else "")
@@ -1903,8 +1903,11 @@ def method_lines(report: Report) -> list[str]:
         "dynamic batch and sequence).",
         f"- Calibration: the first {m.calib} calibration sentences (Debian `fortunes`, "
         f"`calibration_sentences`), batches of 32, every batch padded to {m.calib_length} tokens "
-        "(the longest sentence of the set); the same batches go to both tools (ORT's Entropy "
-        "and Percentile calibrators raise on batches of different sequence lengths).",
+        "(the longest sentence of the set); the same batches go to both tools. Per-batch "
+        "padding is not possible for ORT: its Entropy and Percentile calibrators stack each "
+        "tensor's batches with `np.asarray` and raise `ValueError: setting an array element "
+        "with a sequence. The requested array has an inhomogeneous shape` when the sequence "
+        "lengths differ.",
         f"- Evaluation: {m.eval_count} held-out sentences (`evaluation_sentences`, disjoint by "
         "hash), batches of 32 padded per batch. *mean cos / min cos*: per-sentence cosine of the "
         "mean-pooled embedding vs fp32, averaged / minimum over sentences. *SQNR*: of "
