@@ -1,8 +1,10 @@
 """Compile: a float model in, a quantized ONNX model out, with provenance and a sidecar.
 
-One pass pipeline (DESIGN.md §5): canonicalize → plan-linear → calibrate (static recipes) →
-materialize → clean-up. Then the ORT backend check reads ORT's optimized graph to say which
-layers run as integer kernels and which are float simulations (backends/ort/fusibility.py).
+One pass pipeline (DESIGN.md §5): canonicalize → plan-linear → [plan-channelwise] → calibrate
+(static recipes) → [reparameterize] → materialize → clean-up. The bracketed RepQ passes run for
+recipes with a ``[channelwise]`` table. Then the ORT backend check reads ORT's optimized graph
+to say which layers run as integer kernels and which are float simulations
+(backends/ort/fusibility.py).
 
 The output model carries its provenance in ``metadata_props`` (input hash, recipe, data
 fingerprint, versions, simulated layers); the sidecar ``<output>.qcompiler.json`` (schema
@@ -37,6 +39,8 @@ from qcompiler.passes.manager import Instrument, Pass, PassManager, PassRecord
 from qcompiler.passes.materialize import MaterializeQDQ, float_weight_name, quantized_weight_name
 from qcompiler.passes.quantize.calibrate_activations import CalibrateActivations
 from qcompiler.passes.quantize.plan_linear import PlanLinearQuantization
+from qcompiler.passes.repq.plan_channelwise import PlanChannelwiseActivations
+from qcompiler.passes.repq.reparameterize import ReparameterizeChannels
 from qcompiler.quant.plan import QuantPlan
 from qcompiler.quant.recipe import Recipe
 
@@ -104,10 +108,13 @@ def compile_passes(
     recipe: Recipe, plan: QuantPlan, calibrate: CalibrateActivations, target_opset: int
 ) -> list[Pass]:
     """The compile pipeline; its length is what progress displays count."""
+    channelwise = recipe.channelwise
     return [
         *canonicalization_passes(target_opset),
         PlanLinearQuantization(recipe, plan),
+        *([PlanChannelwiseActivations(channelwise, plan)] if channelwise else []),
         calibrate,
+        *([ReparameterizeChannels(plan)] if channelwise and channelwise.reparameterizes else []),
         MaterializeQDQ(plan),
         simplification(),
     ]

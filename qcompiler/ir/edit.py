@@ -1,4 +1,7 @@
-"""Small user-requested edits of a graph: make intermediate values graph outputs.
+"""Small graph edits shared by passes and commands: new initializers, exposed outputs.
+
+:func:`add_initializer` registers a constant under a stable name (passes derive names from the
+tensor they act on, so a compile is reproducible).
 
 Evaluating a quantized model often needs a tensor the model does not return: DINOv2's backbone
 features (``/backbone/layernorm/Add_1_output_0``) under its saliency head, a layer's activation.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompiler.errors import QCompilerError
@@ -57,3 +61,16 @@ def _unknown_message(name: str, graph: ir.Graph, values: dict[str, ir.Value]) ->
         f"cannot expose '{name}': no graph input or node output of the main graph has that "
         f"name{hint} (`qcompiler inspect MODEL --html` shows every value)"
     )
+
+
+def add_initializer(
+    graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType | None = None
+) -> ir.Value:
+    """Register ``array`` as initializer ``name`` (of ``dtype`` if given) and return its value."""
+    data = np.asarray(array)
+    tensor = ir.tensor(data, dtype=dtype, name=name)
+    value = ir.Value(
+        name=name, shape=ir.Shape(data.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value

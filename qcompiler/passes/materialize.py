@@ -6,10 +6,14 @@ Does, per layer (names derive from the tensor, so they are stable across runs):
 - weight W → an integer initializer ``W_quantized`` with ``W_scale`` / ``W_zero_point`` and
   ``DequantizeLinear(axis = output-channel axis)`` feeding the layer. Weight parameters come
   from W itself: per output channel, range [min, max] of that channel (notes/algorithms.md §0).
+  A layer whose activation is quantized per channel has no integer kernel (ORT would fuse the
+  per-axis activation DQ into MatMulIntegerToFloat anyway and fail at run time, measured with
+  ORT 1.32), so its weight is stored dequantized: the same values, as a float simulation.
   The float W stays only if something else still reads it.
-- activation x, static → ``QuantizeLinear → DequantizeLinear`` with the calibrated per-tensor
-  parameters, inserted once after x's producer and read by the quantized layers only; other
-  readers of x keep the float value.
+- activation x, static → ``QuantizeLinear → DequantizeLinear`` with the calibrated parameters
+  (per tensor; per channel along the last axis for a ``per-channel`` channelwise recipe, which
+  ORT runs as a float simulation), inserted once after x's producer and read by the quantized
+  layers only; other readers of x keep the float value.
 - activation x, dynamic → ``DynamicQuantizeLinear → DequantizeLinear`` (uint8, scale and zero
   point from each batch's range at run time).
 The layer's output stays float: DQ(x)·DQ(W) → MatMul is what ONNX Runtime fuses into
@@ -22,10 +26,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompiler.ir.edit import add_initializer
 from qcompiler.passes.manager import NodeError, Pass, Semantics
 from qcompiler.quant.plan import LinearDecision, QuantPlan
 from qcompiler.quant.spec import QuantParams, QuantSpec
-from qcompiler.quant.uniform import compute_params, quantize
+from qcompiler.quant.uniform import compute_params, dequantize, quantize
 
 
 class MaterializeQDQ(Pass):
@@ -86,9 +91,16 @@ class MaterializeQDQ(Pass):
         params = weight_params(w, decision.weights, decision.weight_axis)
         codes = quantize(w, params, decision.weights)
         stem = decision.weight
-        quantized = _initializer(graph, quantized_weight_name(stem), codes, decision.weights.dtype)
-        scale = _initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
-        zero = _initializer(graph, f"{stem}_zero_point", params.zero_point, decision.weights.dtype)
+        if decision.simulated:
+            simulated = dequantize(codes, params, decision.weights).astype(w.dtype)
+            return add_initializer(graph, quantized_weight_name(stem), simulated)
+        quantized = add_initializer(
+            graph, quantized_weight_name(stem), codes, decision.weights.dtype
+        )
+        scale = add_initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
+        zero = add_initializer(
+            graph, f"{stem}_zero_point", params.zero_point, decision.weights.dtype
+        )
         dq = ir.node(
             "DequantizeLinear",
             [quantized, scale, zero],
@@ -123,13 +135,43 @@ def _static_qdq(
     graph: ir.Graph, x: ir.Value, params: QuantParams, spec: QuantSpec
 ) -> list[ir.Node]:
     stem = x.name
-    scale = _initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
-    zero = _initializer(graph, f"{stem}_zero_point", params.zero_point, spec.dtype)
-    q = ir.node("QuantizeLinear", [x, scale, zero], name=f"{stem}_QuantizeLinear")
+    scale = add_initializer(graph, f"{stem}_scale", params.scale, ir.DataType.FLOAT)
+    zero = add_initializer(graph, f"{stem}_zero_point", params.zero_point, spec.dtype)
+    axis = {} if params.axis is None else {"axis": params.axis}
+    clip = _grid_clip(graph, x, params, spec)
+    source = clip[-1].outputs[0] if clip else x
+    q = ir.node(
+        "QuantizeLinear", [source, scale, zero], attributes=axis, name=f"{stem}_QuantizeLinear"
+    )
     q.outputs[0].name = f"{stem}_quantized"
-    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=f"{stem}_DequantizeLinear")
+    dq = ir.node(
+        "DequantizeLinear",
+        [q.outputs[0], scale, zero],
+        attributes=axis,
+        name=f"{stem}_DequantizeLinear",
+    )
     dq.outputs[0].name = f"{stem}_dequantized"
-    return [q, dq]
+    return [*clip, q, dq]
+
+
+def _grid_clip(graph: ir.Graph, x: ir.Value, params: QuantParams, spec: QuantSpec) -> list[ir.Node]:
+    """Max/Min to the grid's float range [(qmin − z)·s, (qmax − z)·s] when the grid is narrower
+    than the stored type (QuantizeLinear saturates only at the type's bounds)."""
+    if spec.grid_bits is None:
+        return []
+    if params.axis not in (None, -1):
+        raise ValueError("per-channel activation parameters are along the last axis")
+    zero = params.zero_point.astype(np.float64)
+    nodes: list[ir.Node] = []
+    value = x
+    for op, code in (("Max", spec.qmin), ("Min", spec.qmax)):
+        bound = ((code - zero) * params.scale).astype(np.float32)  # () or (C,): last axis
+        constant = add_initializer(graph, f"{x.name}_grid_{op}", bound)
+        node = ir.node(op, [value, constant], name=f"{x.name}_grid_{op}")
+        node.outputs[0].name = f"{x.name}_grid_{op.lower()}"
+        nodes.append(node)
+        value = node.outputs[0]
+    return nodes
 
 
 def _dynamic_qdq(x: ir.Value) -> list[ir.Node]:
@@ -140,13 +182,3 @@ def _dynamic_qdq(x: ir.Value) -> list[ir.Node]:
     dq = ir.node("DequantizeLinear", list(q.outputs), name=f"{stem}_DequantizeLinear")
     dq.outputs[0].name = f"{stem}_dequantized"
     return [q, dq]
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
-    data = np.asarray(array)
-    tensor = ir.tensor(data, dtype=dtype, name=name)
-    value = ir.Value(
-        name=name, shape=ir.Shape(data.shape), type=ir.TensorType(dtype), const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value

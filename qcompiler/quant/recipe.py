@@ -13,13 +13,16 @@ a TOML, YAML or JSON file with the same keys::
     mode = "static"                      # or "dynamic"
     op_types = ["MatMul", "Gemm"]
     [weights]                            # dtype, symmetric, granularity, observer, percentile,
-    dtype = "int8"                       # reduce_range
+    dtype = "int8"                       # reduce_range, bits (a narrower grid: 4, 6 in int8)
     symmetric = true
     granularity = "per-channel"          # per-tensor | per-channel | per-group:<size>
     [activations]
     dtype = "uint8"
     symmetric = false
     observer = "minmax"                  # minmax | percentile | entropy | mse
+    [channelwise]                        # optional: RepQ (notes/algorithms.md §1–2)
+    producers = ["LayerNormalization", "Gelu"]
+    lowering = "reparameterize"          # or "per-channel" (a float simulation)
     [[overrides]]
     regex = "fc2"                        # or name = "..." or op_type = "..."
     action = "skip"                      # or "quantize", with [overrides.activations] fields
@@ -61,11 +64,23 @@ WEIGHT_AXIS = 1
 ACTIVATION_AXIS = -1
 """Channels (hidden features) of an activation: the last axis."""
 SPEC_KEYS = frozenset(
-    {"dtype", "symmetric", "granularity", "observer", "percentile", "reduce_range"}
+    {"dtype", "symmetric", "granularity", "observer", "percentile", "reduce_range", "bits"}
 )
 RECIPE_KEYS = frozenset(
-    {"name", "description", "mode", "op_types", "weights", "activations", "overrides"}
+    {
+        "name",
+        "description",
+        "mode",
+        "op_types",
+        "weights",
+        "activations",
+        "channelwise",
+        "overrides",
+    }
 )
+CHANNELWISE_KEYS = frozenset({"producers", "lowering", "observer"})
+Lowering = Literal["reparameterize", "per-channel"]
+LOWERINGS: tuple[Lowering, ...] = ("reparameterize", "per-channel")
 OVERRIDE_KEYS = frozenset({"name", "regex", "op_type", "action", "weights", "activations"})
 
 
@@ -118,6 +133,27 @@ class Override:
 
 
 @dataclass(frozen=True)
+class Channelwise:
+    """Activations calibrated per channel: the outputs of ``producers`` that feed quantized
+    linear layers. ``reparameterize`` folds the channel variation into the producer and the
+    weights so the integer kernels run per tensor (RepQ, notes/algorithms.md §1–2);
+    ``per-channel`` keeps per-channel Q/DQ, a float simulation in ORT (the ablation's upper
+    bound). ``observer`` replaces the activation observer for these tensors."""
+
+    producers: tuple[str, ...]
+    lowering: Lowering = "reparameterize"
+    observer: str | None = None
+
+    @property
+    def reparameterizes(self) -> bool:
+        return self.lowering == "reparameterize"
+
+    def to_json(self) -> dict[str, Any]:
+        observer = {"observer": self.observer} if self.observer else {}
+        return {"producers": list(self.producers), "lowering": self.lowering, **observer}
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -126,6 +162,7 @@ class Recipe:
     weights: QuantSpec
     activations: QuantSpec | None
     overrides: tuple[Override, ...] = ()
+    channelwise: Channelwise | None = None
 
     def choose(self, node_name: str, op_type: str) -> SiteChoice:
         """The decision for a node: the first matching override by precedence, else default."""
@@ -159,6 +196,7 @@ class Recipe:
             "op_types": list(self.op_types),
             "weights": _spec_fields(self.weights),
             **({"activations": _spec_fields(self.activations)} if self.activations else {}),
+            **({"channelwise": self.channelwise.to_json()} if self.channelwise else {}),
             "overrides": [
                 {k: v for k, v in dataclasses.asdict(o).items() if v is not None}
                 for o in self.overrides
@@ -220,6 +258,8 @@ def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
     if mode == "dynamic" and "activations" in data:
         raise RecipeError(f"recipe {source}: a dynamic recipe quantizes activations at run time; "
                           "remove [activations]")  # fmt: skip
+    if mode == "dynamic" and "channelwise" in data:
+        raise RecipeError(f"recipe {source}: [channelwise] needs calibrated (static) activations")
     return Recipe(
         name=str(data.get("name", Path(source).stem)),
         description=str(data.get("description", "")),
@@ -232,6 +272,24 @@ def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
             else None
         ),
         overrides=tuple(_override(o, source) for o in data.get("overrides", ())),
+        channelwise=_channelwise(data["channelwise"], source) if "channelwise" in data else None,
+    )
+
+
+def _channelwise(data: Mapping[str, Any], source: str) -> Channelwise:
+    where = f"recipe {source} [channelwise]"
+    _check_keys(data, CHANNELWISE_KEYS, where)
+    producers = data.get("producers")
+    if not isinstance(producers, list) or not producers:
+        raise RecipeError(f"{where}: 'producers' must be a non-empty list of op types")
+    lowering = data.get("lowering", "reparameterize")
+    if lowering not in LOWERINGS:
+        raise RecipeError(f"{where}: lowering must be one of {', '.join(LOWERINGS)}")
+    observer = data.get("observer")
+    return Channelwise(
+        producers=tuple(str(p) for p in producers),
+        lowering=lowering,
+        observer=None if observer is None else _observer(observer, where),
     )
 
 
@@ -274,7 +332,23 @@ def spec_from_dict(data: Mapping[str, Any], where: str, channel_axis: int) -> Qu
         reduce_range=bool(data.get("reduce_range", False)),
         observer=_observer(data.get("observer", "minmax"), where),
         percentile=float(data.get("percentile", 99.999)),
+        grid_bits=_grid_bits(data, where),
     )
+
+
+def _grid_bits(data: Mapping[str, Any], where: str) -> int | None:
+    """``bits``: a grid narrower than the dtype (e.g. 6 in uint8); None when it is the dtype's."""
+    bits = data.get("bits")
+    dtype = _dtype(data["dtype"], where)
+    if bits is None or bits == dtype.bitwidth:
+        return None
+    if not isinstance(bits, int) or not 2 <= bits < dtype.bitwidth:
+        raise RecipeError(
+            f"{where}: bits must be an integer in [2, {dtype.bitwidth}] for {dtype.name.lower()}"
+        )
+    if data.get("reduce_range"):
+        raise RecipeError(f"{where}: bits and reduce_range cannot be combined")
+    return bits
 
 
 def _updated(
@@ -298,6 +372,7 @@ def _spec_fields(spec: QuantSpec) -> dict[str, Any]:
         "observer": spec.observer,
         "percentile": spec.percentile,
         "reduce_range": spec.reduce_range,
+        **({"bits": spec.grid_bits} if spec.grid_bits else {}),
     }
 
 

@@ -62,11 +62,27 @@ REDUCED_RANGES: dict[ir.DataType, tuple[int, int]] = {
 """ORT's ``reduce_range`` ranges (int8 really ends at +64; §19 trap 19)."""
 
 
-def quant_range(dtype: ir.DataType, symmetric: bool, reduce_range: bool = False) -> tuple[int, int]:
-    """The integer range [qmin, qmax] that the scale is computed for (table in the module doc)."""
+def quant_range(
+    dtype: ir.DataType, symmetric: bool, reduce_range: bool = False, grid_bits: int | None = None
+) -> tuple[int, int]:
+    """The integer range [qmin, qmax] that the scale is computed for (table in the module doc).
+
+    ``grid_bits`` narrows it to a b-bit grid stored in ``dtype`` (6-bit codes in uint8):
+    [0, 2^b − 1] unsigned, [−2^(b−1), 2^(b−1) − 1] signed (±(2^(b−1) − 1) when symmetric).
+    """
     if dtype not in TYPE_RANGES:
         supported = ", ".join(t.name for t in TYPE_RANGES)
         raise ValueError(f"unsupported quantized type {dtype.name}; expected one of {supported}")
+    if grid_bits is not None:
+        if not 2 <= grid_bits <= dtype.bitwidth or reduce_range:
+            raise ValueError(
+                f"grid_bits must be in [2, {dtype.bitwidth}] for {dtype.name}, without reduce_range"
+            )
+        signed = dtype.is_signed()
+        qmin, qmax = (-(2 ** (grid_bits - 1)), 2 ** (grid_bits - 1) - 1) if signed else (
+            0, 2**grid_bits - 1
+        )  # fmt: skip
+        return (-qmax, qmax) if symmetric and signed else (qmin, qmax)
     if reduce_range:
         return REDUCED_RANGES[dtype]
     qmin, qmax = TYPE_RANGES[dtype]
@@ -133,9 +149,11 @@ class QuantSpec:
     reduce_range: bool = False
     observer: str = "minmax"
     percentile: float = 99.999
+    grid_bits: int | None = None
+    """A grid narrower than the storage type (6-bit codes in uint8); None: the type's width."""
 
     def __post_init__(self) -> None:
-        quant_range(self.dtype, self.symmetric, self.reduce_range)
+        quant_range(self.dtype, self.symmetric, self.reduce_range, self.grid_bits)
         if self.observer not in OBSERVERS:
             raise ValueError(f"unknown observer {self.observer!r}; expected one of {OBSERVERS}")
         if not 0.0 < self.percentile <= 100.0:
@@ -143,15 +161,21 @@ class QuantSpec:
 
     @property
     def bits(self) -> int:
-        return int(self.dtype.bitwidth)
+        return self.grid_bits or int(self.dtype.bitwidth)
 
     @property
     def qmin(self) -> int:
-        return quant_range(self.dtype, self.symmetric, self.reduce_range)[0]
+        return quant_range(self.dtype, self.symmetric, self.reduce_range, self.grid_bits)[0]
 
     @property
     def qmax(self) -> int:
-        return quant_range(self.dtype, self.symmetric, self.reduce_range)[1]
+        return quant_range(self.dtype, self.symmetric, self.reduce_range, self.grid_bits)[1]
+
+    @property
+    def saturation_range(self) -> tuple[int, int]:
+        """The codes a quantizer of this spec can emit: the grid when narrowed, else the type's
+        full range (QuantizeLinear saturates there, §0)."""
+        return (self.qmin, self.qmax) if self.grid_bits else TYPE_RANGES[self.dtype]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +190,7 @@ class QuantSpec:
             "reduce_range": self.reduce_range,
             "observer": self.observer,
             "percentile": self.percentile,
+            "grid_bits": self.grid_bits,
         }
 
     @classmethod
@@ -181,6 +206,7 @@ class QuantSpec:
             reduce_range=bool(d["reduce_range"]),
             observer=str(d["observer"]),
             percentile=float(d["percentile"]),
+            grid_bits=d.get("grid_bits"),
         )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 
 from qcompiler.quant.spec import (
-    TYPE_RANGES,
     QuantizerKind,
     QuantParams,
     QuantSpec,
@@ -97,13 +96,14 @@ def compute_params(
 
 
 def quantize(x: np.ndarray, params: QuantParams, spec: QuantSpec) -> np.ndarray:
-    """QuantizeLinear: codes of ``spec.dtype`` (numpy dtype ``spec.dtype.numpy()``)."""
+    """QuantizeLinear: codes of ``spec.dtype`` (numpy dtype ``spec.dtype.numpy()``), saturated
+    to the spec's grid when it is narrower than the type (materialize clips before Q then)."""
     _require_uniform(spec)
     _require_same_type(params, spec)
     x32 = np.asarray(x, dtype=np.float32)
     scale = _along_axis(params.scale, params.axis, x32.shape)
     zero_point = _along_axis(params.zero_point.astype(np.int32), params.axis, x32.shape)
-    type_min, type_max = TYPE_RANGES[spec.dtype]
+    type_min, type_max = spec.saturation_range
     lower = (type_min - zero_point).astype(np.float32)
     upper = (type_max - zero_point).astype(np.float32)
     steps = np.clip(np.rint(x32 / scale), lower, upper)

@@ -103,11 +103,23 @@ def _kernel(weight: str, graph: OptimizedGraph) -> LayerKernel:
     if node.op_type in INTEGER_KERNELS:
         return LayerKernel(weight, node.op_type, True, "")
     if node.op_type != "DequantizeLinear":
-        return LayerKernel(weight, node.op_type, False, f"read by {node.op_type}")
+        return LayerKernel(weight, node.op_type, False, _why_float(node, graph))
     consumer = graph.first_reader(node.output[0])
     if consumer is None:
         return LayerKernel(weight, "none", False, "the dequantized weight has no reader")
     return LayerKernel(weight, consumer.op_type, False, _why_not_fused(consumer, graph))
+
+
+def _why_float(reader: onnx.NodeProto, graph: OptimizedGraph) -> str:
+    """Why a layer reads a weight that is not integer (materialize stored it dequantized)."""
+    producer = graph.producers.get(reader.input[0]) if reader.input else None
+    if producer is not None and _per_axis(producer):
+        return "per-channel activation scales have no integer kernel: a float simulation"
+    return f"read by {reader.op_type}"
+
+
+def _per_axis(node: onnx.NodeProto) -> bool:
+    return node.op_type == "DequantizeLinear" and any(a.name == "axis" for a in node.attribute)
 
 
 def _why_not_fused(consumer: onnx.NodeProto, graph: OptimizedGraph) -> str:

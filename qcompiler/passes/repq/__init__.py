@@ -1,0 +1,1 @@
+"""RepQ: calibrate activations per channel, then reparameterize to per-tensor integer kernels."""
