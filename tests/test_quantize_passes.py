@@ -199,3 +199,30 @@ def test_a_2d_matmul_with_bias_that_ort_turns_into_a_float_gemm_is_reported() ->
     assert (fc1.kernel, fc1.integer) == ("Gemm", False)
     assert "QGemm needs an int32 bias" in fc1.reason
     assert (fc2.kernel, fc2.integer) == ("MatMulIntegerToFloat", True)
+
+
+@pytest.mark.parametrize("recipe", ["w4a4", "w6a6"])
+def test_narrow_grid_activations_saturate_at_the_grid_and_still_fuse(recipe: str) -> None:
+    """A 4/6-bit grid in uint8: materialize clips to the grid before QuantizeLinear (which
+    saturates only at 255), so ORT computes the b-bit quantizer's values on 8-bit kernels."""
+    model, plan = planned(recipe=recipe)
+    x = FEEDS["x"]
+    requests = plan.calibration_requests()
+    # half the observed ranges, so that the grid's saturation is exercised
+    plan.activation_params["x"] = compute_params(x.min() / 2, x.max() / 2, requests["x"])
+    spec_w = plan.linear["fc1"].weights
+    assert spec_w is not None and spec_w.bits == int(recipe[1])
+    xq = fake_quantize(x, plan.activation_params["x"], requests["x"])
+    assert xq.max() < x.max() and len(np.unique(xq)) <= 2**spec_w.bits  # saturated
+    w1q = fake_quantize(W1, weight_params(W1, spec_w, 1), spec_w)
+    a = np.maximum(xq @ w1q + B1, 0)
+    plan.activation_params["a"] = compute_params(a.min() / 2, a.max() / 2, requests["a"])
+    aq = fake_quantize(a, plan.activation_params["a"], requests["a"])
+    w2q = fake_quantize(W2, weight_params(W2, spec_w, 1), spec_w)
+    MaterializeQDQ(plan)(model)
+    y = outputs(model, FEEDS)[0]
+    # measured: max difference 0 (both sides compute the same products of grid values)
+    assert np.abs(y - aq @ w2q).max() <= 1e-5 * np.abs(aq @ w2q).max()
+    assert op_types(model).count("Max") == 2 and op_types(model).count("Min") == 2
+    kernels = layer_kernels(model, ["w1_quantized", "w2_quantized"])
+    assert all(k.kernel == "MatMulIntegerToFloat" for k in kernels)

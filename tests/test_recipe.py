@@ -85,6 +85,14 @@ def test_recipe_files_in_every_format_load_the_same(tmp_path: Path, suffix: str)
         ({"overrides": [{"regex": "(", "action": "skip"}]}, "bad regex"),
         ({"overrides": [{"name": "a", "op_type": "MatMul"}]}, "exactly one of"),
         ({"mode": "dynamic"}, "remove [activations]"),
+        ({"weights": {"dtype": "int8", "symmetric": True, "bits": 9}}, "bits must be an integer"),
+        (
+            {"weights": {"dtype": "int8", "symmetric": True, "bits": 4, "reduce_range": True}},
+            "bits and reduce_range",
+        ),
+        ({"channelwise": {"producers": []}}, "'producers' must be a non-empty list"),
+        ({"channelwise": {"producers": ["Gelu"], "lowering": "x"}}, "lowering must be one of"),
+        ({"channelwise": {"producers": ["Gelu"], "clip": 1}}, "[channelwise]: unknown key"),
     ],
 )
 def test_bad_recipes_give_one_line_errors(change: dict[str, object], message: str) -> None:
@@ -98,7 +106,34 @@ def test_unknown_recipe_name_lists_the_built_ins() -> None:
         load_recipe("w3a2")
 
 
-@pytest.mark.parametrize("name", ["w8a8", "w8-dynamic"])
+@pytest.mark.parametrize("name", builtin_recipes())
 def test_to_json_is_the_file_format(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe_from_dict(json.loads(json.dumps(recipe.to_json())), name) == recipe
+
+
+def test_a_dynamic_recipe_cannot_calibrate_channels() -> None:
+    dynamic = {k: v for k, v in BASE.items() if k != "activations"}
+    with pytest.raises(RecipeError, match="needs calibrated"):
+        recipe_from_dict(
+            {**dynamic, "mode": "dynamic", "channelwise": {"producers": ["Gelu"]}}, "t"
+        )
+
+
+@pytest.mark.parametrize(("bits", "grid"), [(4, (-7, 7)), (6, (-31, 31))])
+def test_narrow_grids_live_in_8_bit_types(bits: int, grid: tuple[int, int]) -> None:
+    recipe = load_recipe(f"w{bits}a{bits}")
+    assert recipe.weights.dtype == ir.DataType.INT8 and recipe.weights.bits == bits
+    assert (recipe.weights.qmin, recipe.weights.qmax) == grid
+    assert recipe.activations is not None and recipe.activations.bits == bits
+    assert (recipe.activations.qmin, recipe.activations.qmax) == (0, 2**bits - 1)
+    assert recipe.activations.saturation_range == (0, 2**bits - 1)
+
+
+def test_repq_recipes_reparameterize_norm_and_gelu_outputs() -> None:
+    for bits in (4, 6, 8):
+        recipe = load_recipe(f"repq-w{bits}a{bits}")
+        assert recipe.channelwise is not None and recipe.channelwise.reparameterizes
+        assert recipe.channelwise.producers == ("LayerNormalization", "Gelu")
+        plain = load_recipe(f"w{bits}a{bits}")
+        assert (recipe.weights, recipe.activations) == (plain.weights, plain.activations)

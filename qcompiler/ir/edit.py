@@ -32,7 +32,8 @@ def expose_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
     """Append the values called ``names`` to the graph outputs, in place; returns ``model``.
 
     A value must be a graph input or a node output of the main graph. One that already is a
-    graph output stays as it is, so exposing twice changes nothing.
+    graph output stays as it is, so exposing twice changes nothing. Values the file carried no
+    type for (DINOv2's intermediates) get their inferred types.
     """
     graph = model.graph
     values = _computed_values(graph)
@@ -42,7 +43,16 @@ def expose_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
             raise UnknownValueError(_unknown_message(name, graph, values))
         if not value.is_graph_output():
             graph.outputs.append(value)
+    if any(values[name].type is None for name in names):
+        _infer_types(model)
     return model
+
+
+def _infer_types(model: ir.Model) -> None:
+    """Give untyped values their inferred types: a graph output must have one (ONNX checker)."""
+    from qcompiler.passes.canonicalize.shape_inference import InferShapes
+
+    InferShapes()(model)
 
 
 def _computed_values(graph: ir.Graph) -> dict[str, ir.Value]:
