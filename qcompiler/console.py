@@ -91,6 +91,12 @@ def compile_summary(result: CompileResult, source: Path, output: Path) -> Group:
     integer = len(result.kernels) - len(result.simulated)
     summary.add_row("run as ORT integer kernels", f"{integer} ({_kernel_names(result)})")
     summary.add_row("float simulations (Q→DQ)", str(len(result.simulated)))
+    grid = _narrow_grids(result)
+    if grid:
+        summary.add_row("narrow grids", grid)
+    sites = _reparameterized(result)
+    if sites:
+        summary.add_row("reparameterized (RepQ)", sites)
     if result.stats is not None:
         cached = " (cached)" if result.stats.from_cache else ""
         summary.add_row("calibration batches", f"{result.stats.batches}{cached}")
@@ -108,6 +114,29 @@ def compile_summary(result: CompileResult, source: Path, output: Path) -> Group:
             skipped.add_row(kernel.weight, f"simulated: {kernel.reason}")
         parts.append(skipped)
     return Group(*parts)
+
+
+def _narrow_grids(result: CompileResult) -> str:
+    """Specs whose b-bit grid lives in a wider type: exact b-bit values, 8-bit kernel cost."""
+    recipe = result.recipe
+    narrow = [
+        f"{role} {spec.bits}-bit in {spec.dtype.name.lower()}"
+        for role, spec in (("weights", recipe.weights), ("activations", recipe.activations))
+        if spec is not None and spec.grid_bits
+    ]
+    if not narrow:
+        return ""
+    return f"{', '.join(narrow)}: the values of the narrow grid on 8-bit kernels (no b-bit speed)"
+
+
+def _reparameterized(result: CompileResult) -> str:
+    sites = [s for s in result.plan.channelwise.values() if s.reparameterized]
+    if not sites:
+        return ""
+    counts = Counter(f"{s.producer_op} → {s.folded_into}" for s in sites)
+    ops = sum(s.float_ops_added for s in sites)
+    listed = ", ".join(f"{n}× {kind}" for kind, n in counts.most_common())
+    return f"{listed}; {ops} float ops added"
 
 
 def _kernel_names(result: CompileResult) -> str:

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,39 @@ def test_own_sqnr_equals_a_numpy_fake_quantization(minilm_float: Path, measured:
     # observed 19.0 dB: GELU output with outlier channels (ratio 16×) under one u8 scale
     assert layer["own_sqnr_db"] == pytest.approx(expected, abs=0.01)
     assert layer["outlier_ratio"] > 8
+
+
+@pytest.fixture(scope="module")
+def repq_measured(minilm_float: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    result = compile_model(
+        load_onnx(minilm_float),
+        load_recipe("repq-w8a8"),
+        Sentences(calibration_sentences(128)),
+        input_sha256=file_sha256(minilm_float),
+    )
+    output, _ = save_compiled(result, tmp_path_factory.mktemp("repq") / "q.onnx")
+    return run_json(["report", str(output), "--float", str(minilm_float),
+                     "--example-text", "16"])  # fmt: skip
+
+
+def test_report_shows_every_repq_site_with_r1_and_sqnr_before_and_after(
+    repq_measured: Any,
+) -> None:
+    sites = repq_measured["reparameterized"]
+    assert Counter((s["producer_op"], s["folded_into"]) for s in sites) == {
+        ("LayerNormalization", "LayerNormalization"): 12,
+        ("Gelu", "explicit-affine"): 6,
+    }
+    gains = []
+    for site in sites:
+        low, high = site["r1_range"]
+        assert 0 < low < 1 < high
+        gains.append(site["sqnr_reparameterized_db"] - site["sqnr_per_tensor_db"])
+    print(sorted(gains))
+    assert min(gains) > 0
+    # the float model was folded like the compiled one, so every layer could be measured
+    assert len(repq_measured["layers"]) == 36
+    assert all(layer["sensitivity"]["one_minus_cosine"] < 1e-2 for layer in repq_measured["layers"])
 
 
 # ---------------------------------------------------------------- one-line errors

@@ -5,11 +5,13 @@ activation's calibrated range, scale and zero point, both tensors' type, bits an
 and the kernel (integer, or a float simulation with the reason). With the float model and data
 it adds, per layer, the activation's own quantization SQNR and outlier ratio, the end-to-end
 sensitivity and a suggested remedy (:mod:`qcompiler.report.sensitivity`), and sorts the layers
-worst first.
+worst first. A RepQ compile adds one row per reparameterized activation
+(:mod:`qcompiler.report.repq`); its float model is folded the same way before it is measured.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,12 @@ from qcompiler.ir.provenance import module_name
 from qcompiler.quant.plan import LinearDecision
 from qcompiler.quant.spec import QuantSpec
 from qcompiler.report.evaluate import Pool
+from qcompiler.report.repq import (
+    SiteRow,
+    measured_site_rows,
+    replay_reparameterization,
+    site_rows,
+)
 from qcompiler.report.sensitivity import (
     ActivationStats,
     LayerSensitivity,
@@ -109,6 +117,8 @@ class Report:
     """Quantized layers: graph order, or worst first when measured."""
     diagnoses: dict[str, Diagnosis]
     sensitivity: Sensitivities | None
+    sites: list[SiteRow]
+    """Reparameterized activations (RepQ), measured when the report is."""
 
     @property
     def kept_float(self) -> list[LinearDecision]:
@@ -117,7 +127,7 @@ class Report:
     def top(self, count: int | None) -> Report:
         """The same report with only the first ``count`` rows (all with None)."""
         rows = self.rows if count is None else self.rows[:count]
-        return Report(self.model, self.sidecar, rows, self.diagnoses, self.sensitivity)
+        return dataclasses.replace(self, rows=rows)
 
     def to_json(self) -> dict[str, Any]:
         plan = self.sidecar.plan
@@ -136,6 +146,7 @@ class Report:
                 for row in self.rows
             ],
             "kept_float": [{"node": d.node, "reason": d.reason} for d in self.kept_float],
+            "reparameterized": [row.to_json() for row in self.sites],
             "sensitivity": None
             if self.sensitivity is None
             else {
@@ -153,7 +164,7 @@ def sidecar_report(name: str, sidecar: Sidecar, quantized: ir.Model) -> Report:
     decisions = sidecar.plan.quantized()
     labels = _labels({d.node: modules.get(d.node) for d in decisions})
     rows = [_row(d, sidecar, modules.get(d.node), labels[d.node]) for d in decisions]
-    return Report(name, sidecar, rows, {}, None)
+    return Report(name, sidecar, rows, {}, None, site_rows(sidecar.plan))
 
 
 def measured_report(
@@ -181,6 +192,8 @@ def measured_report(
     canonicalize(float_model, target_opset=target_opset)
     expose_outputs(float_model, [output])
     plan = sidecar.plan
+    sites = measured_site_rows(float_model, plan, data)
+    replay_reparameterization(float_model, plan)
     check_plan_fits(float_model, plan)
     stats = activation_stats(float_model, plan, data, batch_size)
     feeds = first_batch(float_model, data)
@@ -195,7 +208,7 @@ def measured_report(
         for d in plan.quantized()
     }
     rows = sorted(report.rows, key=lambda r: -diagnoses[r.node].sensitivity.one_minus_cosine)
-    return Report(report.model, sidecar, rows, diagnoses, sensitivities)
+    return Report(report.model, sidecar, rows, diagnoses, sensitivities, sites)
 
 
 def _row(decision: LinearDecision, sidecar: Sidecar, module: str | None, label: str) -> LayerRow:
