@@ -92,7 +92,8 @@ def test_markdown_table_escapes_pipes(bench: ModuleType) -> None:
 
 def test_main_configs_cover_the_requested_grid(bench: ModuleType) -> None:
     names = [c.name for c in bench.main_configs()]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 14
     assert "ORT Percentile, MatMul, no output Q" in names and "qcompiler w8a8" in names
+    assert "qcompiler repq-w8a8" in names
     spec = bench.CompileSpec(bench.main_configs()[7], "m.onnx", "o.onnx", {"kind": "x"})
     assert bench.CompileSpec.from_json(spec.to_json()) == spec
