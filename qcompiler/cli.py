@@ -198,6 +198,14 @@ def _canonicalize_with_progress(model: ir.Model, target_opset: int, verify: bool
 @app.command()
 def inspect(
     model: ModelArgument = None,
+    other: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A second ONNX file: show what changed from the first to it.",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     example: ExampleOption = None,
     as_json: JsonOption = False,
     dot: Annotated[Path | None, typer.Option(help="Write the graph as Graphviz DOT.")] = None,
@@ -206,7 +214,20 @@ def inspect(
         bool, typer.Option("--canonicalize", help="Inspect the canonicalized graph.")
     ] = False,
 ) -> None:
-    """Summarize a model: ops, parameters, linear layers, norm→linear groups, quantization."""
+    """Summarize a model: ops, parameters, linear layers, norm→linear groups, quantization.
+
+    With two models, show what changed from the first to the second (ops, nodes, initializers,
+    inputs/outputs, opsets, metadata, Q/DQ).
+    """
+    if other is not None:
+        given = {"--example": example is not None, "--dot": dot is not None,
+                 "--html": html is not None, "--canonicalize": canonical}  # fmt: skip
+        if any(given.values()):
+            flags = ", ".join(flag for flag, present in given.items() if present)
+            raise QCompilerError(f"{flags} cannot be used when comparing two models (inspect A B)")
+        assert model is not None
+        _print_diff(model, other, as_json)
+        return
     from qcompiler.inspect import inspect_model, render_inspection
     from qcompiler.inspect.graphview import graph_of, write_dot, write_html
     from qcompiler.passes.canonicalize import DEFAULT_TARGET_OPSET
@@ -225,6 +246,18 @@ def inspect(
         stdout.print_json(json.dumps(report))
     else:
         render_inspection(report, stdout)
+
+
+def _print_diff(before: Path, after: Path, as_json: bool) -> None:
+    """``inspect A B``: the differences from model A to model B, as tables or JSON."""
+    from qcompiler.inspect.diff import diff_models
+    from qcompiler.inspect.diff_render import render_diff
+
+    diff = diff_models(_load_onnx(before), _load_onnx(after), sources=(str(before), str(after)))
+    if as_json:
+        stdout.print_json(json.dumps(diff.to_json()))
+    else:
+        render_diff(diff, stdout)
 
 
 @app.command()
