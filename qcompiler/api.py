@@ -83,7 +83,7 @@ def canonicalize(
 
 def compile(
     source: ModelSource,
-    recipe: str | os.PathLike[str] | Recipe = "w8a8",
+    recipe: str | os.PathLike[str] | Recipe = "repq-w8a8",
     calibration: object = None,
     *,
     example_inputs: tuple[Any, ...] | None = None,

@@ -19,6 +19,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from qcompiler.errors import QCompilerError
+from qcompiler.quant.recipe import builtin_recipes
 
 if TYPE_CHECKING:
     from qcompiler.report.evaluate import Pool
@@ -33,6 +34,8 @@ stdout = Console()
 stderr = Console(stderr=True)
 _options = {"debug": False}
 DEFAULT_CALIBRATION_SENTENCES = 256
+DEFAULT_RECIPE = "repq-w8a8"
+"""The most accurate recipe that runs every linear layer on ORT's 8-bit integer kernels."""
 
 ModelArgument = Annotated[
     Path | None, typer.Argument(help="An ONNX file.", show_default=False, dir_okay=False)
@@ -292,8 +295,9 @@ def compile_command(
     model: ModelArgument = None,
     example: ExampleOption = None,
     recipe: Annotated[
-        str, typer.Option(help="A built-in recipe (w8a8, w8-dynamic) or a recipe file.")
-    ] = "w8a8",
+        str,
+        typer.Option(help=f"A built-in recipe ({', '.join(builtin_recipes())}) or a recipe file."),
+    ] = DEFAULT_RECIPE,
     calib: Annotated[
         Path | None,
         typer.Option(help="Calibration data: .npz with one array per model input."),
