@@ -139,13 +139,17 @@ def minilm_float() -> Path:
 
 @pytest.fixture(scope="module")
 def compiled(minilm_float: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_minilm(minilm_float, "w8a8", 32, tmp_path_factory.mktemp("minilm"))
+
+
+def compile_minilm(float_path: Path, recipe: str, sentences: int, folder: Path) -> Path:
     result = compile_model(
-        load_onnx(minilm_float),
-        load_recipe("w8a8"),
-        Sentences(calibration_sentences(32)),
-        input_sha256=file_sha256(minilm_float),
+        load_onnx(float_path),
+        load_recipe(recipe),
+        Sentences(calibration_sentences(sentences)),
+        input_sha256=file_sha256(float_path),
     )
-    output, _ = save_compiled(result, tmp_path_factory.mktemp("minilm") / "q.onnx")
+    output, _ = save_compiled(result, folder / "q.onnx")
     return output
 
 
@@ -245,13 +249,7 @@ def test_own_sqnr_equals_a_numpy_fake_quantization(minilm_float: Path, measured:
 
 @pytest.fixture(scope="module")
 def repq_measured(minilm_float: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    result = compile_model(
-        load_onnx(minilm_float),
-        load_recipe("repq-w8a8"),
-        Sentences(calibration_sentences(128)),
-        input_sha256=file_sha256(minilm_float),
-    )
-    output, _ = save_compiled(result, tmp_path_factory.mktemp("repq") / "q.onnx")
+    output = compile_minilm(minilm_float, "repq-w8a8", 128, tmp_path_factory.mktemp("repq"))
     return run_json(["report", str(output), "--float", str(minilm_float),
                      "--example-text", "16"])  # fmt: skip
 
