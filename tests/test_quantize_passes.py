@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -226,3 +228,17 @@ def test_narrow_grid_activations_saturate_at_the_grid_and_still_fuse(recipe: str
     assert op_types(model).count("Max") == 2 and op_types(model).count("Min") == 2
     kernels = layer_kernels(model, ["w1_quantized", "w2_quantized"])
     assert all(k.kernel == "MatMulIntegerToFloat" for k in kernels)
+
+
+def test_a_clipping_weight_observer_lowers_the_weight_error_at_4_bits() -> None:
+    """The weight spec's observer is honoured: MSE clipping per output channel (4-bit grid) on
+    heavy-tailed weights beats min/max (measured 0.160 vs 0.211 mean squared error)."""
+    spec = load_recipe("w4a4").weights
+    w = np.random.default_rng(1).standard_t(3, (256, 16)).astype(np.float32)
+    errors = {}
+    for observer in ("minmax", "mse"):
+        chosen = dataclasses.replace(spec, observer=observer)
+        params = weight_params(w, chosen, 1)
+        assert params.scale.shape == (16,)
+        errors[observer] = float(np.mean((fake_quantize(w, params, chosen) - w) ** 2))
+    assert errors["mse"] < 0.8 * errors["minmax"]

@@ -5,7 +5,8 @@ activation parameters of static recipes).
 Does, per layer (names derive from the tensor, so they are stable across runs):
 - weight W → an integer initializer ``W_quantized`` with ``W_scale`` / ``W_zero_point`` and
   ``DequantizeLinear(axis = output-channel axis)`` feeding the layer. Weight parameters come
-  from W itself: per output channel, range [min, max] of that channel (notes/algorithms.md §0).
+  from W itself, per output channel: its [min, max] (notes/algorithms.md §0), or the range the
+  weight spec's observer clips to (``mse``: least expected quantization error).
   A layer whose activation is quantized per channel has no integer kernel (ORT would fuse the
   per-axis activation DQ into MatMulIntegerToFloat anyway and fail at run time, measured with
   ORT 1.32), so its weight is stored dequantized: the same values, as a float simulation.
@@ -28,6 +29,7 @@ import onnx_ir as ir
 
 from qcompiler.ir.edit import add_initializer
 from qcompiler.passes.manager import NodeError, Pass, Semantics
+from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import LinearDecision, QuantPlan
 from qcompiler.quant.spec import QuantParams, QuantSpec
 from qcompiler.quant.uniform import compute_params, dequantize, quantize
@@ -126,9 +128,15 @@ def float_weight_name(quantized: str) -> str:
 
 
 def weight_params(w: np.ndarray, spec: QuantSpec, axis: int) -> QuantParams:
-    """Per-output-channel parameters from the weight's own range (reduced over the other axis)."""
-    other = 1 - axis
-    return compute_params(w.min(axis=other), w.max(axis=other), spec)
+    """Per-output-channel parameters from the weight itself, with the spec's observer: its
+    range (``minmax``), or a clipped range (``mse``, ``dual-clip``, ``percentile``) found on
+    the histogram of each output channel."""
+    if spec.observer == "minmax":
+        other = 1 - axis
+        return compute_params(w.min(axis=other), w.max(axis=other), spec)
+    observer = make_observer(spec, axis=axis)
+    observer.update(w)
+    return compute_params(*observer.range(), spec)
 
 
 def _static_qdq(
