@@ -219,3 +219,20 @@ def test_per_channel_lowering_materializes_a_simulation_ort_can_run() -> None:
     feeds = feeds_for(model, seed=9)
     error = max_normwise_error(outputs(build(PRE_NORM), feeds), outputs(model, feeds))
     assert 0 < error < 0.05
+
+
+def test_plan_channelwise_picks_only_the_listed_producers_and_is_idempotent() -> None:
+    model = build(GELU_GEMM)
+    recipe = repq_recipe()
+    assert recipe.channelwise is not None
+    only_norms = dataclasses.replace(recipe.channelwise, producers=("LayerNormalization",))
+    plan = QuantPlan("test", "static")
+    PlanLinearQuantization(recipe, plan)(model)
+    PlanChannelwiseActivations(only_norms, plan)(model)
+    assert not plan.channelwise  # the Gelu output is not a listed producer: stays per tensor
+    PlanChannelwiseActivations(recipe.channelwise, plan)(model)
+    once = plan.to_json()
+    PlanChannelwiseActivations(recipe.channelwise, plan)(model)
+    assert plan.to_json() == once and list(plan.channelwise) == ["a"]
+    assert plan.linear["fc1"].activations is not None
+    assert plan.linear["fc1"].activations.granularity.kind == "per-tensor"  # reads x, a graph input
