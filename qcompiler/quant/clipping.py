@@ -31,6 +31,10 @@ range (widened to include 0) by a factor c ∈ (0, 1]: a grid of ``COARSE_STEPS`
 finer grid of the same size across the best coarse step's neighbourhood, so c is resolved to
 1/(COARSE_STEPS²/2) of the observed range. Rows (channels) are searched independently. Prefix
 sums (:class:`BinMoments`) make each candidate O(1), so 1536 channels × 2048 bins take ~1.5 s.
+
+**Dual clipping** (RepQuant, §4) searches the lower and the upper clip of each row
+independently: factors (a, b) over a 2-D grid instead of one shared c, for asymmetric channels
+(a long upper tail and a short lower one) whose best clip differs per side.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from qcompiler.quant.spec import QuantSpec
 from qcompiler.quant.uniform import scale_and_zero_point
 
 COARSE_STEPS = 128
+DUAL_STEPS = 32
 
 
 def kl_threshold(abs_counts: np.ndarray, bin_width: float, bits: int) -> float:
@@ -94,6 +99,43 @@ def mse_optimal_range(
     factors = np.clip(best + offsets, 1.0 / COARSE_STEPS**2, 1.0)
     best = _best_factor(moments, low, high, spec, factors)
     return (best * low)[:, 0], (best * high)[:, 0]
+
+
+def dual_clip_range(
+    histogram: StreamingHistogram, rmin: np.ndarray, rmax: np.ndarray, spec: QuantSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (a·rmin, b·rmax) with **independent** factors a, b ∈ (0, 1] minimizing the
+    expected MSE: RepQuant's per-channel dual clipping (notes/algorithms.md §4), searched on a
+    ``DUAL_STEPS``² grid of (a, b), then on a grid of the same step count across the best
+    pair's neighbourhood (a and b resolved to 1/(DUAL_STEPS²/2) of the observed range)."""
+    low = np.minimum(np.asarray(rmin, dtype=np.float64), 0.0)[:, None]
+    high = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)[:, None]
+    moments = BinMoments(histogram)
+    steps = np.arange(1, DUAL_STEPS + 1) / DUAL_STEPS
+    best_low, best_high = _best_pair(moments, low, high, spec, steps[None, :], steps[None, :])
+    offsets = np.linspace(-1.0, 1.0, DUAL_STEPS // 2 + 1)[None, :] / DUAL_STEPS
+    fine = (np.clip(best + offsets, 1.0 / DUAL_STEPS**2, 1.0) for best in (best_low, best_high))
+    best_low, best_high = _best_pair(moments, low, high, spec, *fine)
+    return (best_low * low)[:, 0], (best_high * high)[:, 0]
+
+
+def _best_pair(
+    moments: BinMoments,
+    low: np.ndarray,
+    high: np.ndarray,
+    spec: QuantSpec,
+    low_factors: np.ndarray,
+    high_factors: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C, 1) each: the (lower, upper) factor pair, over all pairs of the (C or 1, F) candidate
+    lists, with the least expected MSE."""
+    rows = low.shape[0]
+    a = np.broadcast_to(low_factors, (rows, low_factors.shape[1]))[:, :, None]
+    b = np.broadcast_to(high_factors, (rows, high_factors.shape[1]))[:, None, :]
+    a, b = (np.broadcast_to(f, (rows, a.shape[1], b.shape[2])).reshape(rows, -1) for f in (a, b))
+    errors = moments.expected_mse(a * low, b * high, spec)
+    best = np.argmin(errors, axis=1)[:, None]
+    return np.take_along_axis(a, best, axis=1), np.take_along_axis(b, best, axis=1)
 
 
 def _best_factor(

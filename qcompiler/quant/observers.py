@@ -15,6 +15,8 @@ Observers (notes/algorithms.md §12):
   2^(bits−1) levels (:func:`qcompiler.quant.clipping.kl_threshold`). Per tensor only.
 - **MSE**: the range (shrunk from min/max) that minimizes the expected quantization error of the
   spec's grid on the histogram (:func:`qcompiler.quant.clipping.mse_optimal_range`).
+- **Dual clip**: RepQuant's per-channel dual clipping, the lower and upper clips searched
+  independently for the least expected MSE (:func:`qcompiler.quant.clipping.dual_clip_range`).
 
 Histogram-based ranges are clipped to the observed [min, max], so they never exceed MinMax.
 
@@ -42,7 +44,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from qcompiler.errors import QCompilerError
-from qcompiler.quant.clipping import kl_threshold, mse_optimal_range
+from qcompiler.quant.clipping import dual_clip_range, kl_threshold, mse_optimal_range
 from qcompiler.quant.histogram import StreamingHistogram, require_valid_bins
 from qcompiler.quant.spec import QuantizerKind, QuantSpec
 
@@ -368,8 +370,28 @@ class MSEObserver(_HistogramObserver):
         return observer
 
 
+class DualClipObserver(MSEObserver):
+    """Per-channel independent lower and upper clips minimizing the expected MSE (RepQuant's
+    dual clipping, :func:`~qcompiler.quant.clipping.dual_clip_range`)."""
+
+    name: ClassVar[str] = "dual-clip"
+
+    def range(self) -> tuple[np.ndarray, np.ndarray]:
+        rmin, rmax = self._observed()
+        if self.histogram is None:
+            return self._shaped(rmin, rmax)
+        return self._within_observed(*dual_clip_range(self.histogram, rmin, rmax, self.spec))
+
+
 OBSERVER_TYPES: dict[str, type[MinMaxObserver]] = {
-    kind.name: kind for kind in (MinMaxObserver, PercentileObserver, EntropyObserver, MSEObserver)
+    kind.name: kind
+    for kind in (
+        MinMaxObserver,
+        PercentileObserver,
+        EntropyObserver,
+        MSEObserver,
+        DualClipObserver,
+    )
 }
 
 
@@ -390,6 +412,8 @@ def make_observer(spec: QuantSpec, axis: int | None = None) -> Observer:
         return PercentileObserver(spec.percentile, spec.symmetric, axis)
     if spec.observer == "mse":
         return MSEObserver(spec, axis=axis)
+    if spec.observer == "dual-clip":
+        return DualClipObserver(spec, axis=axis)
     if axis is not None:
         raise ValueError("the entropy (KL) observer is per tensor only")
     return EntropyObserver(bits=spec.bits)

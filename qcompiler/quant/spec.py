@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 GranularityKind = Literal["per-tensor", "per-channel", "per-group"]
 
-OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse", "dual-clip")
 
 TYPE_RANGES: dict[ir.DataType, tuple[int, int]] = {
     ir.DataType.UINT8: (0, 255),
