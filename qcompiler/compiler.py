@@ -1,10 +1,10 @@
 """Compile: a float model in, a quantized ONNX model out, with provenance and a sidecar.
 
 One pass pipeline (DESIGN.md §5): canonicalize → plan-linear → [plan-channelwise] → calibrate
-(static recipes) → [reparameterize] → materialize → clean-up. The bracketed RepQ passes run for
-recipes with a ``[channelwise]`` table. Then the ORT backend check reads ORT's optimized graph
-to say which layers run as integer kernels and which are float simulations
-(backends/ort/fusibility.py).
+(static recipes) → [reparameterize] → materialize → [quantize-softmax] → clean-up. The RepQ
+passes run for recipes with a ``[channelwise]`` table, quantize-softmax for a ``[softmax]``
+one. Then the ORT backend check reads ORT's optimized graph to say which layers run as integer
+kernels and which are float simulations (backends/ort/fusibility.py).
 
 The output model carries its provenance in ``metadata_props`` (input hash, recipe, data
 fingerprint, versions, simulated layers); the sidecar ``<output>.qcompiler.json`` (schema
@@ -39,10 +39,11 @@ from qcompiler.passes.manager import Instrument, Pass, PassManager, PassRecord
 from qcompiler.passes.materialize import MaterializeQDQ, float_weight_name, quantized_weight_name
 from qcompiler.passes.quantize.calibrate_activations import CalibrateActivations
 from qcompiler.passes.quantize.plan_linear import PlanLinearQuantization
+from qcompiler.passes.quantize.softmax_log import QuantizeSoftmaxOutputs
 from qcompiler.passes.repq.plan_channelwise import PlanChannelwiseActivations
 from qcompiler.passes.repq.reparameterize import ReparameterizeChannels
 from qcompiler.quant.plan import QuantPlan
-from qcompiler.quant.recipe import Recipe
+from qcompiler.quant.recipe import Recipe, SoftmaxRule
 
 SIDECAR_SCHEMA = "qcompiler.compile/1"
 SIDECAR_SUFFIX = ".qcompiler.json"
@@ -116,8 +117,13 @@ def compile_passes(
         calibrate,
         *([ReparameterizeChannels(plan)] if channelwise and channelwise.reparameterizes else []),
         MaterializeQDQ(plan),
+        *([_softmax_pass(recipe.softmax)] if recipe.softmax else []),
         simplification(),
     ]
+
+
+def _softmax_pass(rule: SoftmaxRule) -> Pass:
+    return QuantizeSoftmaxOutputs(rule.quantizer, rule.bits, rule.scale)
 
 
 def save_compiled(result: CompileResult, output: str | os.PathLike[str]) -> tuple[Path, Path]:

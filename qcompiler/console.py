@@ -97,6 +97,14 @@ def compile_summary(result: CompileResult, source: Path, output: Path) -> Group:
     sites = _reparameterized(result)
     if sites:
         summary.add_row("reparameterized (RepQ)", sites)
+    softmax = result.recipe.softmax
+    if softmax is not None:
+        count = sum(r.counters.get("sites_quantized", 0) for r in result.records
+                    if r.name == "quantize-softmax")  # fmt: skip
+        summary.add_row(
+            "softmax outputs (simulated)",
+            f"{count} × {softmax.bits}-bit {softmax.quantizer}: a float simulation in ORT",
+        )
     if result.stats is not None:
         cached = " (cached)" if result.stats.from_cache else ""
         summary.add_row("calibration batches", f"{result.stats.batches}{cached}")

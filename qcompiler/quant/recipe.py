@@ -20,6 +20,8 @@ a TOML, YAML or JSON file with the same keys::
     dtype = "uint8"
     symmetric = false
     observer = "minmax"                  # minmax | percentile | entropy | mse
+    [softmax]                            # optional: attention probabilities (§3), simulated
+    quantizer = "log-sqrt2"              # or "log2", "uniform"; bits = 4, scale = 1.0
     [channelwise]                        # optional: RepQ (notes/algorithms.md §1–2)
     producers = ["LayerNormalization", "Gelu"]
     lowering = "reparameterize"          # or "per-channel" (a float simulation)
@@ -75,9 +77,12 @@ RECIPE_KEYS = frozenset(
         "weights",
         "activations",
         "channelwise",
+        "softmax",
         "overrides",
     }
 )
+SOFTMAX_KEYS = frozenset({"quantizer", "bits", "scale"})
+SOFTMAX_QUANTIZERS = ("log-sqrt2", "log2", "uniform")
 CHANNELWISE_KEYS = frozenset({"producers", "lowering", "observer"})
 Lowering = Literal["reparameterize", "per-channel"]
 LOWERINGS: tuple[Lowering, ...] = ("reparameterize", "per-channel")
@@ -154,6 +159,20 @@ class Channelwise:
 
 
 @dataclass(frozen=True)
+class SoftmaxRule:
+    """Quantize attention probabilities (the Softmax outputs read by A·V): ``quantizer`` is
+    ``log-sqrt2``, ``log2`` or ``uniform`` on a ``bits``-bit grid with top level ``scale``
+    (notes/algorithms.md §3). ORT has no such kernel: a float simulation, labelled so."""
+
+    quantizer: str = "log-sqrt2"
+    bits: int = 4
+    scale: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -163,6 +182,7 @@ class Recipe:
     activations: QuantSpec | None
     overrides: tuple[Override, ...] = ()
     channelwise: Channelwise | None = None
+    softmax: SoftmaxRule | None = None
 
     def choose(self, node_name: str, op_type: str) -> SiteChoice:
         """The decision for a node: the first matching override by precedence, else default."""
@@ -197,6 +217,7 @@ class Recipe:
             "weights": _spec_fields(self.weights),
             **({"activations": _spec_fields(self.activations)} if self.activations else {}),
             **({"channelwise": self.channelwise.to_json()} if self.channelwise else {}),
+            **({"softmax": self.softmax.to_json()} if self.softmax else {}),
             "overrides": [
                 {k: v for k, v in dataclasses.asdict(o).items() if v is not None}
                 for o in self.overrides
@@ -273,7 +294,22 @@ def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
         ),
         overrides=tuple(_override(o, source) for o in data.get("overrides", ())),
         channelwise=_channelwise(data["channelwise"], source) if "channelwise" in data else None,
+        softmax=_softmax(data["softmax"], source) if "softmax" in data else None,
     )
+
+
+def _softmax(data: Mapping[str, Any], source: str) -> SoftmaxRule:
+    where = f"recipe {source} [softmax]"
+    _check_keys(data, SOFTMAX_KEYS, where)
+    quantizer = data.get("quantizer", "log-sqrt2")
+    if quantizer not in SOFTMAX_QUANTIZERS:
+        raise RecipeError(f"{where}: quantizer must be one of {', '.join(SOFTMAX_QUANTIZERS)}")
+    bits, scale = data.get("bits", 4), data.get("scale", 1.0)
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise RecipeError(f"{where}: bits must be an integer in [2, 8]")
+    if not isinstance(scale, int | float) or not 0 < scale <= 1:
+        raise RecipeError(f"{where}: scale must be in (0, 1] (softmax outputs are at most 1)")
+    return SoftmaxRule(str(quantizer), bits, float(scale))
 
 
 def _channelwise(data: Mapping[str, Any], source: str) -> Channelwise:
