@@ -93,6 +93,9 @@ def test_recipe_files_in_every_format_load_the_same(tmp_path: Path, suffix: str)
         ({"channelwise": {"producers": []}}, "'producers' must be a non-empty list"),
         ({"channelwise": {"producers": ["Gelu"], "lowering": "x"}}, "lowering must be one of"),
         ({"channelwise": {"producers": ["Gelu"], "clip": 1}}, "[channelwise]: unknown key"),
+        ({"softmax": {"quantizer": "log3"}}, "quantizer must be one of"),
+        ({"softmax": {"bits": 12}}, "bits must be an integer in [2, 8]"),
+        ({"softmax": {"scale": 2.0}}, "scale must be in"),
     ],
 )
 def test_bad_recipes_give_one_line_errors(change: dict[str, object], message: str) -> None:
