@@ -396,10 +396,20 @@ def report(
         int | None, typer.Option(help="Show the K worst layers only.", min=1, metavar="K")
     ] = None,
     as_json: JsonOption = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the report as one self-contained HTML page, with plots.",
+            dir_okay=False,
+            metavar="PATH",
+        ),
+    ] = None,
 ) -> None:
     """Per quantized layer: ranges, scales, kernels; with --float and data, each layer's error."""
     from qcompiler.compiler import file_sha256
     from qcompiler.ir.graph import onnx_opset
+    from qcompiler.report.html import Histogram, activation_histograms, write_report_html
     from qcompiler.report.layers import measured_report, sidecar_report
     from qcompiler.report.render import report_tables
     from qcompiler.report.sidecar import read_sidecar
@@ -407,6 +417,7 @@ def report(
     quantized = _load_onnx(model)
     sidecar = read_sidecar(model)
     result = sidecar_report(str(model), sidecar, quantized)
+    histograms: dict[str, Histogram] = {}
     if float_model is not None or data is not None or example_text is not None:
         if float_model is None:
             raise QCompilerError("--data and --example-text measure layers against --float MODEL")
@@ -418,7 +429,11 @@ def report(
                 target_opset=onnx_opset(quantized), output=output,
                 pool=_pool(pool, example_text), batch_size=batch_size, progress=progress,
             )  # fmt: skip
+        if html is not None:
+            histograms = activation_histograms(reference, result, source)
     result = result.top(top)
+    if html is not None:
+        write_report_html(result, html, histograms)
     if as_json:
         stdout.print_json(json.dumps(result.to_json()))
     else:

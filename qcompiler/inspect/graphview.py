@@ -234,18 +234,18 @@ def write_html(graph: nx.DiGraph, report: dict[str, Any], path: str | os.PathLik
     """Write one self-contained HTML file: the report's tables and an inline SVG of ``graph``."""
     source = html.escape(str(report["model"]["source"]))
     body = [f"<h1>qcompiler inspect: {source}</h1>"]
-    body += [_html_section(section) for section in report_tables(report)]
+    body += [html_section(section) for section in report_tables(report)]
     body += ["<h2>Graph</h2>", _legend_html(), f'<div class="graph">{graph_svg(graph)}</div>']
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>qcompiler inspect: {source}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>qcompiler inspect: {source}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
     return _write_text_atomic(path, page)
 
 
-_CSS = """
+PAGE_CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
@@ -259,7 +259,7 @@ svg .edge:hover { stroke: #d33; stroke-width: 2.5; }
 """
 
 
-def _html_section(section: SectionTable) -> str:
+def html_section(section: SectionTable) -> str:
     title = html.escape(section.title)
     if not section.rows:
         return f'<p class="note">{title}: {html.escape(section.note)}</p>'

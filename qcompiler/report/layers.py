@@ -121,6 +121,12 @@ class Report:
     """Reparameterized activations (RepQ), measured when the report is."""
 
     @property
+    def folded_activations(self) -> set[str]:
+        """Tensors RepQ reparameterized: calibrated per channel, quantized per tensor after."""
+        channelwise = self.sidecar.plan.channelwise.values()
+        return {str(s.reparameterized) for s in channelwise if s.reparameterized}
+
+    @property
     def kept_float(self) -> list[LinearDecision]:
         return [d for d in self.sidecar.plan.linear.values() if not d.quantize]
 

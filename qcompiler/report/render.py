@@ -28,7 +28,7 @@ def evaluation_table(evaluation: Evaluation, source: str) -> Table:
             str(c.samples),
             f"{c.cosine_mean:.5f}",
             f"{c.cosine_min:.5f}",
-            _db(c.sqnr_db),
+            format_db(c.sqnr_db),
             f"{c.normwise_error:.4f}",
             f"{c.max_abs_error:.4g}",
             *(f"{c.topk[k]:.3f}" if k in c.topk else "—" for k in TOP_K),
@@ -63,8 +63,8 @@ def _sites_table(report: Report) -> Table:
             str(site.float_ops_added),
             f"{r1[0]:.3g} … {r1[1]:.3g}" if r1 else "—",
             f"{r2[0]} … {r2[1]}" if r2 else "—",
-            _db(row.sqnr_per_tensor_db),
-            _db(row.sqnr_reparameterized_db),
+            format_db(row.sqnr_per_tensor_db),
+            format_db(row.sqnr_reparameterized_db),
         )
     table.caption = (
         "r1 = s/s̃ scales the readers' weight rows, r2 = z − z̃ (integers) shifts their bias; "
@@ -80,14 +80,15 @@ def _layers_table(report: Report) -> Table:
     for column in ("layer", "activation", "range", "scale", "zero pt", "types (x · W)",
                    "ORT kernel"):  # fmt: skip
         table.add_column(column, justify="right" if column in ("scale", "zero pt") else "left")
+    folded = report.folded_activations
     for row in report.rows:
         table.add_row(
             row.label,
             row.activation,
-            _range(row.activation_range),
-            _number(row.scale),
-            _number(row.zero_point),
-            f"{_describe(row.activation_spec)} · {_describe(row.weight_spec)}",
+            "folded (RepQ)" if row.activation in folded else _range(row.activation_range),
+            format_number(row.scale),
+            format_number(row.zero_point),
+            f"{describe_spec(row.activation_spec)} · {describe_spec(row.weight_spec)}",
             row.kernel if row.integer else f"simulated ({row.kernel}): {row.kernel_reason}",
         )
     table.caption = _layers_caption(report)
@@ -106,10 +107,10 @@ def _sensitivity_table(report: Report) -> Table:
         diagnosis = report.diagnoses[row.node]
         table.add_row(
             row.label,
-            _db(diagnosis.activation.own_sqnr_db),
+            format_db(diagnosis.activation.own_sqnr_db),
             f"{diagnosis.activation.outlier_ratio:.1f}×",
             f"{diagnosis.sensitivity.one_minus_cosine:.2e}",
-            _db(diagnosis.sensitivity.sqnr_db),
+            format_db(diagnosis.sensitivity.sqnr_db),
             diagnosis.remedy or "—",
         )
     table.caption = (
@@ -142,7 +143,7 @@ def _evaluation_caption(kinds: set[TopKKind | None]) -> str:
     return "; ".join([metrics, *(notes[k] for k in sorted(k for k in kinds if k is not None))])
 
 
-def _describe(spec: QuantSpec | None) -> str:
+def describe_spec(spec: QuantSpec | None) -> str:
     """``s8 sym ch1``, ``u8 asym tensor``: type, symmetry and granularity in a few characters."""
     if spec is None:
         return "u8 dynamic"
@@ -158,10 +159,10 @@ def _describe(spec: QuantSpec | None) -> str:
 def _range(bounds: tuple[Any, Any] | None) -> str:
     if bounds is None:
         return "per batch"
-    return f"[{_number(bounds[0])}, {_number(bounds[1])}]"
+    return f"[{format_number(bounds[0])}, {format_number(bounds[1])}]"
 
 
-def _number(value: Any) -> str:
+def format_number(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, Sequence):
@@ -169,7 +170,7 @@ def _number(value: Any) -> str:
     return f"{value:.3g}"
 
 
-def _db(value: float | None) -> str:
+def format_db(value: float | None) -> str:
     if value is None:
         return "—"
     return "∞" if math.isinf(value) and value > 0 else f"{value:.1f} dB"
