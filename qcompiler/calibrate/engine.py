@@ -23,6 +23,11 @@ How it runs:
   data fingerprint and the requested specs; a later call with the same three returns the stored
   statistics without running ORT. Reading the data to fingerprint it costs one extra pass over
   the data (not the model) on every cached call.
+- While measuring with ``cache_dir``, a checkpoint (the observers' states and the number of
+  batches done) is written beside the entry every few batches or seconds. An interrupted
+  calibration (a crash, a kill) run again with the same key resumes from it: the finished
+  batches are read, to reach the next one and to check the data, but not run through the model.
+  Observers resume bit for bit (``state()``), so the result equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +65,12 @@ from qcompiler.quant.spec import QuantSpec
 from qcompiler.quant.uniform import FLOAT32_TINY
 
 _CACHE_FORMAT = "qcompiler.calibration_cache/1"
+_CHECKPOINT_FORMAT = "qcompiler.calibration_checkpoint/1"
+CHECKPOINT_BATCHES = 16
+CHECKPOINT_SECONDS = 5.0
+"""Default checkpoint intervals: a kill loses at most 16 batches or 5 s of measuring. Measured
+on MiniLM (24 tensors, 0.57 MB of JSON): a checkpoint takes 23 ms, 1.5 % of 16 batches of 4
+sentences (0.1 s each) and 0.5 % of 5 s, the interval at 32 sentences a batch (1.3 s each)."""
 
 
 class CalibrationRequestError(QCompilerError):
@@ -116,6 +128,8 @@ class CalibrationStats(Mapping[str, TensorStats]):
     data_fingerprint: str
     batches: int
     from_cache: bool = False
+    resumed_batches: int = 0
+    """Batches taken from an interrupted run's checkpoint instead of being run again."""
     notes: list[str] = field(default_factory=list)
     """Things a caller should log (e.g. an unreadable cache entry that was recomputed)."""
 
@@ -173,14 +187,21 @@ def _calibrate_cached(
     """The stored stats for this graph, data and requests, or measure and store them.
 
     The data is read twice (fingerprint, then measurement); when the two reads differ (a
-    shuffling DataLoader) the result is returned but not stored, with a note.
+    shuffling DataLoader) the result is returned but not stored, with a note. Measurement
+    resumes from this key's checkpoint if an interrupted run left one, and writes checkpoints
+    as it goes; the checkpoint is deleted once the calibration is complete.
     """
     data_fingerprint = _data_fingerprint(stream)
     entry = cache.entry(data_fingerprint)
     cached = cache.load(entry)
     if cached is not None:
         return cached
-    stats = _measure(model, stream, cache.requests, cache.fingerprint, progress, threads)
+    partial = cache.partial(entry)
+    start = cache.load_checkpoint(partial, data_fingerprint)
+    checkpointer = _Checkpointer(cache, partial, data_fingerprint, start)
+    stats = _measure(
+        model, stream, cache.requests, cache.fingerprint, progress, threads, start, checkpointer
+    )
     stats.notes.extend(cache.notes)
     if stats.data_fingerprint == data_fingerprint:
         cache.store(entry, stats)
@@ -189,6 +210,7 @@ def _calibrate_cached(
             "the calibration data changed between its two reads (a shuffling DataLoader?), "
             "so the statistics were not cached"
         )
+    partial.unlink(missing_ok=True)
     return stats
 
 
@@ -222,6 +244,14 @@ def _data_fingerprint(stream: CalibrationStream) -> str:
     return stream.fingerprint
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """Where an interrupted calibration stopped: its observers after ``batches`` batches."""
+
+    observers: dict[str, Observer]
+    batches: int
+
+
 def _measure(
     model: ir.Model,
     stream: CalibrationStream,
@@ -229,21 +259,41 @@ def _measure(
     fingerprint: str,
     progress: Callable[[int], None] | None,
     threads: int | None,
+    start: _Checkpoint | None = None,
+    checkpointer: _Checkpointer | None = None,
 ) -> CalibrationStats:
-    """Run every batch through ORT and stream the requested tensors into observers."""
+    """Run every batch through ORT and stream the requested tensors into observers.
+
+    From a ``start`` checkpoint, its observers continue and its first ``start.batches`` batches
+    are read (the stream checks and fingerprints them) but not run. ``checkpointer`` sees the
+    observers after every batch run.
+    """
     input_names = {i.name for i in stream.inputs}
     fetched = [name for name in requests if name not in input_names]
     session = _exposing_session(model, fetched, threads) if fetched else None
-    observers = {name: make_observer(spec) for name, spec in requests.items()}
+    if start is None:
+        observers = {name: make_observer(spec) for name, spec in requests.items()}
+    else:
+        observers = start.observers
+    skipped = 0 if start is None else start.batches
     batches = 0
     for index, feeds in enumerate(stream):
-        _observe_batch(session, fetched, feeds, observers, index)
         batches = index + 1
+        if index >= skipped:
+            _observe_batch(session, fetched, feeds, observers, index)
+            if checkpointer is not None:
+                checkpointer.after_batch(observers, batches)
         if progress is not None:
             progress(batches)
     assert stream.fingerprint is not None
     tensors = {name: TensorStats(requests[name], observers[name]) for name in requests}
-    return CalibrationStats(tensors, fingerprint, stream.fingerprint, batches)
+    stats = CalibrationStats(tensors, fingerprint, stream.fingerprint, batches)
+    if skipped:
+        stats.resumed_batches = skipped
+        stats.notes.append(
+            f"resumed from a checkpoint: {skipped} of {batches} batches already measured"
+        )
+    return stats
 
 
 def _observe_batch(
@@ -302,15 +352,26 @@ class _StatsCache:
 
     Observer states are plain JSON (lists of numbers); the file is written to a temporary name
     and renamed, so readers never see half a file. An unreadable entry counts as a miss, is
-    noted, and is overwritten.
+    noted, and is overwritten. Beside an entry being measured lies its checkpoint (the
+    ``.partial.json`` of the same key), rewritten every ``checkpoint_batches`` batches or
+    ``checkpoint_seconds`` seconds, whichever comes first; an unreadable one is noted and
+    ignored.
     """
 
     def __init__(
-        self, directory: Path, fingerprint: str, requests: Mapping[str, QuantSpec]
+        self,
+        directory: Path,
+        fingerprint: str,
+        requests: Mapping[str, QuantSpec],
+        *,
+        checkpoint_batches: int = CHECKPOINT_BATCHES,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self.directory = directory
         self.fingerprint = fingerprint
         self.requests = requests
+        self.checkpoint_batches = checkpoint_batches
+        self.checkpoint_seconds = checkpoint_seconds
         self.notes: list[str] = []
         """Why an existing entry could not be used, for the recomputed stats' notes."""
 
@@ -340,15 +401,74 @@ class _StatsCache:
 
     def store(self, entry: Path, stats: CalibrationStats) -> None:
         """Write ``stats`` to ``entry`` atomically (a temporary file, then a rename)."""
-        text = json.dumps(
+        self._write(
+            entry,
             {
                 "format": _CACHE_FORMAT,
                 "graph_fingerprint": stats.graph_fingerprint,
                 "data_fingerprint": stats.data_fingerprint,
                 "batches": stats.batches,
                 "states": {name: t.observer.state() for name, t in stats.tensors.items()},
-            }
+            },
         )
+
+    @staticmethod
+    def partial(entry: Path) -> Path:
+        """The checkpoint file of ``entry``'s key: ``calibration-<digest>.partial.json``."""
+        return entry.with_suffix(".partial.json")
+
+    def store_checkpoint(
+        self, partial: Path, data_fingerprint: str, observers: Mapping[str, Observer], batches: int
+    ) -> None:
+        """Write the observers after ``batches`` batches to ``partial`` atomically."""
+        self._write(
+            partial,
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "graph_fingerprint": self.fingerprint,
+                "data_fingerprint": data_fingerprint,
+                "batches": batches,
+                "states": {name: observer.state() for name, observer in observers.items()},
+            },
+        )
+
+    def load_checkpoint(self, partial: Path, data_fingerprint: str) -> _Checkpoint | None:
+        """The checkpoint in ``partial``, or None (none, or an unreadable one: noted)."""
+        if not partial.is_file():
+            return None
+        try:
+            return self._read_checkpoint(partial, data_fingerprint)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.notes.append(
+                f"calibration checkpoint {partial.name} was unreadable and was ignored, "
+                f"calibrating from the first batch: {first_line(error)}"
+            )
+            return None
+
+    def _read_checkpoint(self, path: Path, data_fingerprint: str) -> _Checkpoint:
+        """Parse and check a checkpoint: its key, and one observer per request that has seen
+        exactly ``batches`` batches (a file that disagrees with itself is not resumed from)."""
+        saved = json.loads(path.read_text())
+        expected = (_CHECKPOINT_FORMAT, self.fingerprint, data_fingerprint)
+        found = (saved["format"], saved["graph_fingerprint"], saved["data_fingerprint"])
+        if found != expected:
+            raise ValueError(f"its format, graph or data fingerprint differs ({found[0]!r})")
+        batches = saved["batches"]
+        if not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches is {batches!r}, not a positive integer")
+        observers = {name: observer_from_state(saved["states"][name]) for name in self.requests}
+        for name, observer in observers.items():
+            if type(observer) is not type(make_observer(self.requests[name])):
+                raise ValueError(f"tensor '{name}' has a {type(observer).__name__}")
+            if observer.stats.batches != batches:
+                raise ValueError(
+                    f"tensor '{name}' saw {observer.stats.batches} batches, not {batches}"
+                )
+        return _Checkpoint(observers, batches)
+
+    def _write(self, path: Path, document: dict[str, object]) -> None:
+        """Write ``document`` as JSON to ``path`` through a temporary file and a rename."""
+        text = json.dumps(document)
         self.directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
             "w", dir=self.directory, prefix=".qcompiler-", suffix=".json", delete=False
@@ -356,7 +476,7 @@ class _StatsCache:
             staged_path = Path(staged.name)
         try:
             staged_path.write_text(text)
-            os.replace(staged_path, entry)
+            os.replace(staged_path, path)
         finally:
             staged_path.unlink(missing_ok=True)
 
@@ -376,3 +496,26 @@ class _StatsCache:
             entry["batches"],
             from_cache=True,
         )
+
+
+class _Checkpointer:
+    """Writes a calibration's checkpoint every ``checkpoint_batches`` batches or
+    ``checkpoint_seconds`` seconds (the cache's intervals), whichever comes first."""
+
+    def __init__(
+        self, cache: _StatsCache, partial: Path, data_fingerprint: str, start: _Checkpoint | None
+    ) -> None:
+        self.cache = cache
+        self.partial = partial
+        self.data_fingerprint = data_fingerprint
+        self._saved_batches = 0 if start is None else start.batches
+        self._saved_at = time.monotonic()
+
+    def after_batch(self, observers: Mapping[str, Observer], batches: int) -> None:
+        """Called once ``batches`` batches are in ``observers``: write them if one is due."""
+        due_by_count = batches - self._saved_batches >= self.cache.checkpoint_batches
+        due_by_time = time.monotonic() - self._saved_at >= self.cache.checkpoint_seconds
+        if not (due_by_count or due_by_time):
+            return
+        self.cache.store_checkpoint(self.partial, self.data_fingerprint, observers, batches)
+        self._saved_batches, self._saved_at = batches, time.monotonic()
