@@ -238,13 +238,16 @@ def section(results: Results, args: argparse.Namespace) -> list[str]:
     return [*lines, "", END]
 
 
-def write_section(lines: Sequence[str], path: Path = DOC) -> None:
-    """Replace (or append) the marked section of ``path``."""
+def write_section(
+    lines: Sequence[str], path: Path = DOC, markers: tuple[str, str] = (BEGIN, END)
+) -> None:
+    """Replace (or append) the section of ``path`` between ``markers`` (``lines`` holds them)."""
+    begin, end = markers
     text = path.read_text() if path.is_file() else ""
     block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)

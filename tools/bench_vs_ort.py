@@ -1903,8 +1903,12 @@ def write_markdown(report: Report, path: Path, analysis: Sequence[str]) -> None:
     path.write_text("\n".join(parts).rstrip() + "\n")
 
 
-KEPT_MARKERS = (("<!-- bench_repq:begin -->", "<!-- bench_repq:end -->"),)
-"""Sections other tools write into the same file (tools/bench_repq.py), kept on a rewrite."""
+KEPT_MARKERS = (
+    ("<!-- bench_repq:begin -->", "<!-- bench_repq:end -->"),
+    ("<!-- bench_softmax:begin -->", "<!-- bench_softmax:end -->"),
+)
+"""Sections other tools write into the same file (tools/bench_repq.py, tools/bench_softmax.py),
+kept on a rewrite."""
 
 
 def kept_sections(path: Path) -> list[str]:
