@@ -184,10 +184,11 @@ def _counting(description: str, total: int | None = None) -> Iterator[Callable[[
         yield lambda done: progress.update(task, completed=done)
 
 
-def _default_cache() -> Path:
+def _default_cache(kind: str) -> Path:
+    """The cache folder for ``kind`` (calibration statistics, sensitivities)."""
     from qcompiler.cache import cache_root
 
-    return cache_root() / "calibration"
+    return cache_root() / kind
 
 
 def _canonicalize_with_progress(model: ir.Model, target_opset: int, verify: bool) -> Any:
@@ -330,7 +331,7 @@ def compile_command(
             data,
             input_sha256=file_sha256(path),
             batch_size=batch_size,
-            cache_dir=None if no_cache else (cache_dir or _default_cache()),
+            cache_dir=None if no_cache else (cache_dir or _default_cache("calibration")),
             instruments=[progress],
         )
     written, sidecar = save_compiled(result, output)
@@ -405,6 +406,9 @@ def report(
             metavar="PATH",
         ),
     ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Measure every layer again (no sensitivity cache).")
+    ] = False,
 ) -> None:
     """Per quantized layer: ranges, scales, kernels; with --float and data, each layer's error."""
     from qcompiler.compiler import file_sha256
@@ -428,6 +432,7 @@ def report(
                 result, reference, file_sha256(float_model), source,
                 target_opset=onnx_opset(quantized), output=output,
                 pool=_pool(pool, example_text), batch_size=batch_size, progress=progress,
+                cache_dir=None if no_cache else _default_cache("sensitivity"),
             )  # fmt: skip
         if html is not None:
             histograms = activation_histograms(reference, result, source)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
@@ -159,6 +160,7 @@ class Report:
                 "output": self.sensitivity.output,
                 "samples": self.sensitivity.samples,
                 "seconds": self.sensitivity.seconds,
+                "reused": self.sensitivity.reused,
             },
         }
 
@@ -184,13 +186,15 @@ def measured_report(
     pool: Pool,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> Report:
     """``report`` with every layer measured on ``data``.
 
     ``float_model`` (whose file has ``float_sha256``) is canonicalized in place to
     ``target_opset``, the quantized model's opset, as ``compile`` did, so that it has the plan's
     node and tensor names. ``output`` (default: the first graph output) may be any value of that
-    graph: it is exposed as an output.
+    graph: it is exposed as an output. With ``cache_dir``, sensitivities measured before for
+    the same model, plan, batch and output are reused (an interrupted report resumes).
     """
     sidecar = report.sidecar
     _check_same_input(sidecar, float_sha256)
@@ -203,7 +207,7 @@ def measured_report(
     check_plan_fits(float_model, plan)
     stats = activation_stats(float_model, plan, data, batch_size)
     feeds = first_batch(float_model, data)
-    sensitivities = layer_sensitivities(float_model, plan, feeds, output, pool, progress)
+    sensitivities = layer_sensitivities(float_model, plan, feeds, output, pool, progress, cache_dir)
     origins = activation_origins(float_model)
     diagnoses = {
         d.node: Diagnosis(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -38,6 +39,7 @@ from qcompiler.quant.spec import QuantParams, QuantSpec
 from qcompiler.quant.uniform import compute_params, fake_quantize
 from qcompiler.report.evaluate import Pool, load_session, pooled, run_outputs
 from qcompiler.report.metrics import ErrorEnergy, cosine_per_sample, sqnr_db
+from qcompiler.report.sensitivity_cache import SensitivityCache
 
 SENSITIVITY_SAMPLES = 16
 """Samples in the fixed batch each single-layer model runs on."""
@@ -81,6 +83,8 @@ class Sensitivities:
     output: str
     samples: int
     seconds: float
+    reused: int = 0
+    """Layers read from the cache instead of measured again."""
 
 
 def check_plan_fits(model: ir.Model, plan: QuantPlan) -> None:
@@ -125,24 +129,49 @@ def layer_sensitivities(
     output: str,
     pool: Pool,
     progress: Callable[[int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> Sensitivities:
-    """The output error of ``model`` with each quantized layer alone quantized, on ``feeds``."""
+    """The output error of ``model`` with each quantized layer alone quantized, on ``feeds``.
+
+    With ``cache_dir``, layers measured before (even by an interrupted run) are read back and
+    each new one is stored as soon as it is measured (:mod:`qcompiler.report.sensitivity_cache`).
+    """
     start = time.perf_counter()
-    reference = _output(model, output, feeds, pool)
-    layers: dict[str, LayerSensitivity] = {}
+    cache = None if cache_dir is None else SensitivityCache(
+        cache_dir, model, plan, feeds, output, pool.value
+    )  # fmt: skip
+    measured = cache.load() if cache is not None else {}
+    reused = len(measured)
+    reference = None
     for decision in plan.quantized():
-        single = model.clone()
-        MaterializeQDQ(single_layer_plan(plan, decision))(single)
-        actual = _output(single, output, feeds, pool)
-        layers[decision.node] = LayerSensitivity(
-            decision.node,
-            float(1.0 - cosine_per_sample(reference, actual).mean()),
-            sqnr_db(reference, actual),
-        )
+        if decision.node not in measured:
+            if reference is None:
+                reference = _output(model, output, feeds, pool)
+            measured[decision.node] = _single_layer_error(model, plan, decision, reference, feeds,
+                                                          output, pool)  # fmt: skip
+            if cache is not None:
+                cache.store(measured)
         if progress is not None:
-            progress(len(layers))
+            progress(len(measured))
+    layers = {d.node: LayerSensitivity(d.node, *measured[d.node]) for d in plan.quantized()}
     samples = len(next(iter(feeds.values())))
-    return Sensitivities(layers, output, samples, time.perf_counter() - start)
+    return Sensitivities(layers, output, samples, time.perf_counter() - start, reused)
+
+
+def _single_layer_error(
+    model: ir.Model,
+    plan: QuantPlan,
+    decision: LinearDecision,
+    reference: np.ndarray,
+    feeds: Feeds,
+    output: str,
+    pool: Pool,
+) -> tuple[float, float]:
+    """(1 − mean cosine, SQNR dB) of the output with only ``decision``'s layer quantized."""
+    single = model.clone()
+    MaterializeQDQ(single_layer_plan(plan, decision))(single)
+    actual = _output(single, output, feeds, pool)
+    return float(1.0 - cosine_per_sample(reference, actual).mean()), sqnr_db(reference, actual)
 
 
 def first_batch(model: ir.Model, data: object, samples: int = SENSITIVITY_SAMPLES) -> Feeds:
