@@ -269,7 +269,9 @@ def canonicalize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the model.")],
     model: ModelArgument = None,
     example: ExampleOption = None,
-    target_opset: Annotated[int, typer.Option(help="ONNX opset to upgrade to (≥ 20).")] = 21,
+    target_opset: Annotated[
+        int, typer.Option(help="ONNX opset to upgrade to (≥ 20: Gelu).", min=20)
+    ] = 21,
     verify: Annotated[
         bool, typer.Option(help="Check each pass: ONNX checker and its numerical contract.")
     ] = False,

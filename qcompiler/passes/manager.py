@@ -130,7 +130,10 @@ class Pass(ir.passes.InPlacePass):
     Subclasses set ``name`` and ``semantics`` and implement ``call``. Inside ``call`` use
     ``self.log`` for counters, skips and notes, and ``self.analysis(SomeAnalysis, model)`` for
     cached analyses. ``call`` returns ``PassResult(model, modified)`` with ``modified`` True iff the
-    graph changed, so that a second run of the pass reports ``False``.
+    graph changed, so that a second run of the pass reports ``False``. ``required_analyses`` are
+    computed (or taken from the cache while still valid) before ``call`` runs;
+    ``preserved_analyses`` stay cached after a pass that modified the model, all others are
+    invalidated.
     """
 
     name: ClassVar[str]
@@ -247,6 +250,8 @@ def run_pass(pass_: Pass, model: ir.Model, analyses: AnalysisManager) -> ir.pass
     """Run one pass with a fresh log and the shared analyses; invalidate what it did not keep."""
     pass_.log = PassLog()
     pass_.analyses = analyses
+    for analysis in pass_.required_analyses:
+        analyses.get(analysis, model)  # computed now, or taken from the cache if still valid
     result = pass_(model)
     if result.modified:
         analyses.invalidate(pass_.preserved_analyses)

@@ -63,6 +63,10 @@ def check_model(model: ir.Model) -> None:
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
 
+CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+"""What the full ONNX check raises: structure errors and type/shape inference errors."""
+
+
 @dataclass
 class ContractReference:
     """Outputs before the next pass, so each pass is measured against its own input."""
@@ -75,7 +79,7 @@ class ContractReference:
         """Check the input model and run it once, so no pass is blamed for what it inherited."""
         try:
             check_model(model)
-        except onnx.checker.ValidationError as error:
+        except CHECKER_ERRORS as error:
             raise QCompilerError(
                 f"the input model fails the ONNX checker before any pass ran: {first_line(error)}"
             ) from error
@@ -93,7 +97,7 @@ class ContractReference:
         """Check the changed model; raise PassFailure on a checker error or a broken contract."""
         try:
             check_model(model)
-        except onnx.checker.ValidationError as error:
+        except CHECKER_ERRORS as error:
             message = f"ONNX checker: {first_line(error)}"
             raise PassFailure(pass_.name, history, message, None) from error
         outputs = run_model(model, self.feeds, optimize=False)

@@ -27,7 +27,7 @@ def make_session(
     ``optimized_model_path`` makes ORT write the graph it will execute there (fusions applied).
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: qcompiler reports ORT's errors in one line
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads is not None:
