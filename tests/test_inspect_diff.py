@@ -13,12 +13,12 @@ import pytest
 from rich.console import Console
 
 from qcompiler.api import canonicalize
-from qcompiler.cli import main
 from qcompiler.examples import example_path
 from qcompiler.frontends.onnx import load_onnx
 from qcompiler.inspect.diff import SCHEMA, diff_models
 from qcompiler.inspect.diff_render import ROW_LIMIT, render_diff
 from tests.graphs import build
+from tests.test_cli import assert_one_line_error, run_cli
 
 HEADER = '<ir_version: 10, opset_import: ["" : {opset}]>\n'
 SIGNATURE = "g (float[N, 4] x) => (float[{out}] y)\n"
@@ -325,21 +325,6 @@ def two_files(tmp_path: Path) -> tuple[Path, Path]:
     ir.save(model(), before)
     ir.save(qdq_model(), after)
     return before, after
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("qcompiler: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_cli_prints_the_diff_tables(

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -71,6 +71,8 @@ CHECKPOINT_SECONDS = 5.0
 """Default checkpoint intervals: a kill loses at most 16 batches or 5 s of measuring. Measured
 on MiniLM (24 tensors, 0.57 MB of JSON): a checkpoint takes 23 ms, 1.5 % of 16 batches of 4
 sentences (0.1 s each) and 0.5 % of 5 s, the interval at 32 sentences a batch (1.3 s each)."""
+
+T = TypeVar("T")
 
 
 class CalibrationRequestError(QCompilerError):
@@ -388,16 +390,10 @@ class _StatsCache:
 
     def load(self, entry: Path) -> CalibrationStats | None:
         """The stats stored in ``entry``, or None (a miss, or an unreadable entry: noted)."""
-        if not entry.is_file():
-            return None
-        try:
-            return self._read(entry)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            self.notes.append(
-                f"calibration cache entry {entry.name} was unreadable and was recomputed: "
-                f"{first_line(error)}"
-            )
-            return None
+        return self._read_or_note(
+            entry, self._read, f"calibration cache entry {entry.name} was unreadable and was "
+            "recomputed"
+        )  # fmt: skip
 
     def store(self, entry: Path, stats: CalibrationStats) -> None:
         """Write ``stats`` to ``entry`` atomically (a temporary file, then a rename)."""
@@ -434,15 +430,21 @@ class _StatsCache:
 
     def load_checkpoint(self, partial: Path, data_fingerprint: str) -> _Checkpoint | None:
         """The checkpoint in ``partial``, or None (none, or an unreadable one: noted)."""
-        if not partial.is_file():
+        return self._read_or_note(
+            partial,
+            lambda path: self._read_checkpoint(path, data_fingerprint),
+            f"calibration checkpoint {partial.name} was unreadable and was ignored, calibrating "
+            "from the first batch",
+        )
+
+    def _read_or_note(self, path: Path, read: Callable[[Path], T], why: str) -> T | None:
+        """``read(path)``; None when the file is absent, or unreadable (then ``why`` is noted)."""
+        if not path.is_file():
             return None
         try:
-            return self._read_checkpoint(partial, data_fingerprint)
+            return read(path)
         except (OSError, ValueError, KeyError, TypeError) as error:
-            self.notes.append(
-                f"calibration checkpoint {partial.name} was unreadable and was ignored, "
-                f"calibrating from the first batch: {first_line(error)}"
-            )
+            self.notes.append(f"{why}: {first_line(error)}")
             return None
 
     def _read_checkpoint(self, path: Path, data_fingerprint: str) -> _Checkpoint:

@@ -50,7 +50,7 @@ from qcompiler.ir.edit import expose_outputs
 from qcompiler.ir.io import write_bytes_atomic
 from qcompiler.report.evaluate import load_session, run_outputs
 from qcompiler.report.layers import INPUT_SHA_KEY, LayerRow, Report
-from qcompiler.report.render import describe_spec, format_db, format_number
+from qcompiler.report.render import describe_spec, format_db, format_number, sensitivity_cells
 from qcompiler.report.sensitivity import first_batch
 
 HISTOGRAMS = 6
@@ -328,18 +328,7 @@ def _sites_table(report: Report) -> SectionTable:
 def _sensitivity_table(report: Report) -> SectionTable:
     assert report.sensitivity is not None
     columns = ("layer", "own SQNR", "outliers", "1 − cos", "output SQNR", "remedy")
-    rows = tuple(
-        (
-            row.label,
-            format_db(diagnosis.activation.own_sqnr_db),
-            f"{diagnosis.activation.outlier_ratio:.1f}×",
-            f"{diagnosis.sensitivity.one_minus_cosine:.2e}",
-            format_db(diagnosis.sensitivity.sqnr_db),
-            diagnosis.remedy or "—",
-        )
-        for row in report.rows
-        for diagnosis in (report.diagnoses[row.node],)
-    )
+    rows = tuple(sensitivity_cells(row, report.diagnoses[row.node]) for row in report.rows)
     title = f"Sensitivity of '{report.sensitivity.output}', worst first"
     return SectionTable(title, columns, rows, "")
 

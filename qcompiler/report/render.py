@@ -11,7 +11,7 @@ from rich.table import Table
 
 from qcompiler.quant.spec import QuantSpec
 from qcompiler.report.evaluate import Evaluation, Pool
-from qcompiler.report.layers import Report
+from qcompiler.report.layers import Diagnosis, LayerRow, Report
 from qcompiler.report.metrics import TOP_K, TopKKind
 
 
@@ -104,21 +104,25 @@ def _sensitivity_table(report: Report) -> Table:
     for column in ("layer", "own SQNR", "outliers", "1 − cos", "output SQNR", "remedy"):
         table.add_column(column, justify="left" if column in ("layer", "remedy") else "right")
     for row in report.rows:
-        diagnosis = report.diagnoses[row.node]
-        table.add_row(
-            row.label,
-            format_db(diagnosis.activation.own_sqnr_db),
-            f"{diagnosis.activation.outlier_ratio:.1f}×",
-            f"{diagnosis.sensitivity.one_minus_cosine:.2e}",
-            format_db(diagnosis.sensitivity.sqnr_db),
-            diagnosis.remedy or "—",
-        )
+        table.add_row(*sensitivity_cells(row, report.diagnoses[row.node]))
     table.caption = (
         f"{len(sensitivity.layers)} single-layer models on {sensitivity.samples} samples in "
         f"{sensitivity.seconds:.1f} s; own SQNR: the activation against its own fake-quantized "
         "copy; outliers: max/median channel range"
     )
     return table
+
+
+def sensitivity_cells(row: LayerRow, diagnosis: Diagnosis) -> tuple[str, ...]:
+    """One row of the sensitivity table: layer, own SQNR, outliers, 1 − cos, SQNR, remedy."""
+    return (
+        row.label,
+        format_db(diagnosis.activation.own_sqnr_db),
+        f"{diagnosis.activation.outlier_ratio:.1f}×",
+        f"{diagnosis.sensitivity.one_minus_cosine:.2e}",
+        format_db(diagnosis.sensitivity.sqnr_db),
+        diagnosis.remedy or "—",
+    )
 
 
 def _layers_caption(report: Report) -> str:
