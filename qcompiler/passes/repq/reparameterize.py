@@ -23,6 +23,7 @@ Semantics: EXACT (the float graph computes the same function up to float32 round
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -113,7 +114,7 @@ def _fold_into_layer_norm(graph: ir.Graph, norm: ir.Node, fold: ChannelFold) -> 
     beta = norm.inputs[2] if len(norm.inputs) > 2 else None
     if beta is None:
         name = f"{norm.outputs[0].name}_ln_bias"
-        beta = add_initializer(graph, name, np.zeros(len(fold.r1), dtype=np.float32))
+        beta = add_initializer(graph, name, np.zeros(len(fold.r1), dtype=_float_type(gamma)))
         norm.resize_inputs(3)
         norm.replace_input_with(2, beta)
     assert beta.const_value is not None
@@ -178,12 +179,12 @@ def _affine(
     ``name``. Returns the new nodes."""
     mul = ir.node(
         "Mul",
-        [x, add_initializer(graph, f"{name}_affine_scale", scale.astype(np.float32))],
+        [x, add_initializer(graph, f"{name}_affine_scale", scale.astype(_float_type(x)))],
         name=f"{name}_Mul",
     )
     new_nodes = [mul]
     if np.any(shift != 0):
-        shift_value = add_initializer(graph, f"{name}_affine_shift", shift.astype(np.float32))
+        shift_value = add_initializer(graph, f"{name}_affine_shift", shift.astype(_float_type(x)))
         new_nodes.append(ir.node("Add", [mul.outputs[0], shift_value], name=f"{name}_Add"))
     new_nodes[-1].outputs[0].name = name
     for node in new_nodes:
@@ -236,7 +237,7 @@ def _append_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray) -> None:
     name = str(output.name)
     readers = list(output.consumers())
     output.name = f"{name}_unbiased"
-    value = add_initializer(graph, f"{name}_repq_bias", bias.astype(np.float32))
+    value = add_initializer(graph, f"{name}_repq_bias", bias.astype(_float_type(output)))
     add = ir.node("Add", [output, value], name=f"{name}_repq_bias_Add")
     add.outputs[0].name = name
     _same_type(add.outputs[0], output)
@@ -258,6 +259,12 @@ def _redirect_outputs(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     for index, output in enumerate(graph.outputs):
         if output is old:
             graph.outputs[index] = new
+
+
+def _float_type(value: ir.Value) -> np.dtype[Any]:
+    """The numpy dtype of ``value``'s elements (float32 when the graph does not say): the
+    constants a fold inserts must match it (a float64 graph gets float64 constants)."""
+    return np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
 
 
 def _same_type(value: ir.Value, like: ir.Value) -> None:
