@@ -33,6 +33,7 @@ import pytest
 from qcompiler.cli import main
 from qcompiler.errors import ExportError, MissingDependencyError, QCompilerError
 from tests.graphs import build
+from tests.test_opset_upgrade import SCAN_8
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
 
@@ -52,16 +53,6 @@ g (int64[N, S] input_ids, int64[N, S] attention_mask) => (float[N, S] y) {
 }
 """
 
-SCAN_8 = """
-<ir_version: 4, opset_import: ["" : 8]>
-g (float[1, 2] initial, float[1, 3, 2] xs) => (float[1, 2] total, float[1, 3, 2] partial) {
-    total, partial = Scan <num_scan_inputs = 1, body = step (float[2] state, float[2] x)
-                                                  => (float[2] next, float[2] out) {
-        next = Add(state, x)
-        out = Identity(next)
-    }> ("", initial, xs)
-}
-"""
 
 UNKNOWN_OP = """
 <ir_version: 10, opset_import: ["" : 18]>
