@@ -15,7 +15,6 @@ parameters and runs the same pass, which is deterministic.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +22,10 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.ir.edit import expose_outputs
+from qcompiler.passes.repq.plan_channelwise import channelwise_spec
 from qcompiler.passes.repq.reparameterize import ReparameterizeChannels
 from qcompiler.quant.plan import ChannelSite, QuantPlan
-from qcompiler.quant.spec import PER_TENSOR, QuantParams, QuantSpec, per_channel
+from qcompiler.quant.spec import QuantParams, QuantSpec
 from qcompiler.quant.uniform import compute_params, fake_quantize
 from qcompiler.report.evaluate import load_session, run_outputs
 from qcompiler.report.metrics import sqnr_db
@@ -84,7 +84,7 @@ def unfolded(plan: QuantPlan) -> QuantPlan:
         for decision in before.readers(str(site.reparameterized)):
             assert decision.activations is not None
             decision.activation = site.activation
-            decision.activations = _channel_spec(decision.activations)
+            decision.activations = channelwise_spec(decision.activations, None)
         before.activation_params[site.activation] = site.channel
         site.reparameterized = None
     return before
@@ -97,7 +97,7 @@ def _measured(site: ChannelSite, y: np.ndarray, spec: QuantSpec) -> SiteRow:
     return SiteRow(
         site,
         sqnr_db(y, fake_quantize(y, per_tensor, spec)),
-        sqnr_db(y, fake_quantize(y, channel, _channel_spec(spec))),
+        sqnr_db(y, fake_quantize(y, channel, channelwise_spec(spec, None))),
     )
 
 
@@ -110,10 +110,7 @@ def _per_tensor_params(channel: QuantParams, spec: QuantSpec) -> QuantParams:
 
 
 def _spec(plan: QuantPlan, site: ChannelSite) -> QuantSpec:
+    """The per-tensor spec the fold left on the site's readers."""
     spec = plan.readers(str(site.reparameterized))[0].activations
-    assert spec is not None
-    return dataclasses.replace(spec, granularity=PER_TENSOR)
-
-
-def _channel_spec(spec: QuantSpec) -> QuantSpec:
-    return dataclasses.replace(spec, granularity=per_channel(-1))
+    assert spec is not None and spec.granularity.kind == "per-tensor"
+    return spec
